@@ -1,0 +1,54 @@
+# Two entry points: `make quickstart` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU machines: this torch wheel lies on disk; a bare `torch` requirement pulls a multi-GB
+# CUDA build. The pin lives here (and in .ci/run), not in the package metadata.
+TORCH  ?= torch==2.13.0
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: quickstart test lint typecheck crds crd-check unit pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.train-installed: $(BIN)/python pyproject.toml
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e ".[train]"
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.train-installed
+	$(PIP) install -e ".[train,operator,dev]"
+	touch $@
+
+examples/quickstart/model/config.json: $(VENV)/.train-installed examples/quickstart/build_base_model.py
+	$(BIN)/python examples/quickstart/build_base_model.py
+
+## quickstart: build the toy base model, then fine-tune it on CPU with the quickstart FineTuneJob
+quickstart: examples/quickstart/model/config.json
+	$(BIN)/kubetune run examples/quickstart/finetunejob.yaml --overwrite
+
+## test: lint, type-check, CRD drift check and the whole pytest suite (slow tests included)
+test: $(VENV)/.dev-installed lint typecheck crd-check pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check api operator trainer tests bench examples
+	$(BIN)/ruff format --check api operator trainer tests bench examples
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator
+
+crds: $(BIN)/python
+	PYTHONPATH=api $(BIN)/python -m kubetune_api.crd > crds/kubetune.io_finetunejobs.yaml
+
+crd-check: $(VENV)/.dev-installed
+	PYTHONPATH=api $(BIN)/python -m kubetune_api.crd --check crds/kubetune.io_finetunejobs.yaml
+
+pytest: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache examples/quickstart/model

@@ -1,0 +1,324 @@
+"""The FineTuneJob spec: the one source of truth for the CRD schema.
+
+Both the operator and the trainer import this module; it must never import torch.
+Field names are snake_case in Python and camelCase on the wire (Kubernetes API
+conventions). Every field carries a description because it becomes the text of
+`kubectl explain finetunejob.spec...`.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "kubetune.io"
+API_VERSION = "v1alpha1"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+
+# A URI names a scheme we can stage from, or (local mode only) a plain path.
+# s3:// bucket names follow the AWS naming rules closely enough to catch typos.
+URI_PATTERN = r"^((s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?)|((file|pvc|hf)://.+)|([^:]+))$"
+_URI_RE = re.compile(URI_PATTERN)
+
+AUTO = "auto"
+ALL_LINEAR = "all-linear"
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, unknown fields rejected (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=False,
+    )
+
+
+def _check_uri(value: str, field: str) -> str:
+    if not _URI_RE.match(value):
+        raise ValueError(
+            f"{field}: {value!r} is not a supported URI; use s3://bucket/key, file:///path, "
+            "pvc://claim/path, hf://org/name or a local path"
+        )
+    return value
+
+
+Uri = Annotated[
+    str,
+    Field(min_length=1, max_length=2048, pattern=URI_PATTERN),
+]
+
+
+class DatasetFormat(StrEnum):
+    AUTO = "auto"
+    CHAT = "chat"
+    INSTRUCTION = "instruction"
+    COMPLETION = "completion"
+    TEXT = "text"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class LRScheduler(StrEnum):
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+
+
+class BaseModelSpec(_Model):
+    uri: Uri = Field(
+        description=(
+            "Where the base model lives: a directory in Hugging Face format (config.json, "
+            "safetensors weights, tokenizer files). s3://bucket/prefix/, file:///path, "
+            "pvc://claim/path or a local path (local mode)."
+        )
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, "baseModel.uri")
+
+
+class DatasetSpec(_Model):
+    train: Uri = Field(description="JSONL file with the training rows (s3://, file:// or a local path).")
+    validation: Uri | None = Field(
+        default=None,
+        description="Optional JSONL file with validation rows. When absent, validationSplit of train is held out.",
+    )
+    format: DatasetFormat = Field(
+        default=DatasetFormat.AUTO,
+        description=(
+            "Row format. chat: {messages:[{role,content}]} (OpenAI); instruction: {instruction,input,output}; "
+            "completion: {prompt,completion}; text: {text}. auto detects it from the first row."
+        ),
+    )
+    validation_split: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=0.5,
+        description="Fraction of train rows held out for evaluation when no validation file is given.",
+    )
+
+    @field_validator("train", "validation")
+    @classmethod
+    def _uris(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v, "dataset uri")
+
+
+class LoRASpec(_Model):
+    r: int = Field(default=16, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(default=32.0, gt=0, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=lambda: [ALL_LINEAR],
+        min_length=1,
+        max_length=256,
+        description=(
+            "Module names (or suffixes) to adapt, e.g. [q_proj, v_proj]. "
+            "[all-linear] adapts every linear layer except the output head."
+        ),
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _all_linear_alone(cls, v: list[str]) -> list[str]:
+        if ALL_LINEAR in v and len(v) > 1:
+            raise ValueError("lora.targetModules: 'all-linear' cannot be combined with module names")
+        return v
+
+
+class TrainingSpec(_Model):
+    epochs: int | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "Passes over the training rows, or auto: 3, raised for tiny datasets (at least 100 examples "
+            "seen) and lowered for big ones (at most 25,000), as OpenAI fine-tuning does."
+        ),
+    )
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Stop after this many optimizer steps (overrides epochs).",
+    )
+    learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
+    batch_size: int | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "Sequences per device per micro-step (packed sequences when packing is on). "
+            "auto: about 16k tokens per micro-step on GPU, 4k on CPU."
+        ),
+    )
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024, description="Micro-steps per optimizer step.")
+    warmup_ratio: float = Field(default=0.03, ge=0.0, le=0.5, description="Fraction of steps spent warming up.")
+    lr_scheduler: LRScheduler = Field(default=LRScheduler.COSINE, description="Learning-rate schedule after warmup.")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1000.0, description="Gradient clipping norm; 0 disables.")
+    max_seq_length: int = Field(
+        default=2048,
+        ge=16,
+        le=262_144,
+        description="Tokens per sequence; longer rows are truncated and counted.",
+    )
+    packing: bool = Field(
+        default=True,
+        description=(
+            "Pack several rows into one sequence. Rows never attend to each other: "
+            "positions restart per row and the attention mask is block-diagonal."
+        ),
+    )
+    completion_only_loss: bool = Field(
+        default=True,
+        description="Train only on completions / assistant turns. false trains on every token.",
+    )
+    precision: Precision = Field(default=Precision.AUTO, description="auto: bf16 on GPUs that support it, else fp32.")
+    gradient_checkpointing: bool = Field(
+        default=True, description="Recompute activations in backward (non-reentrant) to save memory."
+    )
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for shuffling, split, dropout and LoRA init.")
+    checkpoint_every_steps: int = Field(
+        default=200, ge=1, le=10_000_000, description="Save a resumable checkpoint every N optimizer steps."
+    )
+    keep_checkpoints: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Complete checkpoints kept under the output URI; older ones are deleted.",
+    )
+    log_every_steps: int = Field(default=1, ge=1, le=100_000, description="Record loss every N optimizer steps.")
+
+    @field_validator("epochs", "batch_size")
+    @classmethod
+    def _positive_or_auto(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 100_000:
+            raise ValueError("must be 'auto' or an integer between 1 and 100000")
+        return v
+
+
+class EvaluationSpec(_Model):
+    exact_match: bool = Field(
+        default=False,
+        description="Also generate answers for a sample of validation rows and report exact match (short answers).",
+    )
+    max_samples: int = Field(
+        default=200, ge=1, le=100_000, description="Validation rows used for the exact-match metric."
+    )
+    max_new_tokens: int = Field(default=32, ge=1, le=4096, description="Generation budget per exact-match sample.")
+
+
+class OutputSpec(_Model):
+    uri: Uri = Field(description="Where the adapter, checkpoints, metrics and manifest go (s3://, file://, path).")
+    merge_adapter: bool = Field(default=False, description="Also write full merged weights under merged/ (large).")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, "output.uri")
+
+
+class StorageSpec(_Model):
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="S3 endpoint URL for MinIO, Ceph or other S3-compatible stores. Empty means AWS.",
+    )
+    region: str | None = Field(default=None, max_length=64, description="S3 region.")
+    credentials_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description=(
+            "Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the trainer. "
+            "Empty means the pod's service-account identity (IRSA, workload identity)."
+        ),
+    )
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="S3 addressing style; MinIO usually needs path."
+    )
+
+
+class Toleration(_Model):
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+class ResourcesSpec(_Model):
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per node (nvidia.com/gpu). 0 trains on CPU.")
+    nodes: int = Field(default=1, ge=1, le=256, description="Nodes; more than 1 runs an Indexed Job.")
+    cpu: str | None = Field(default=None, max_length=32, description="CPU request per pod, e.g. '8'.")
+    memory: str | None = Field(default=None, max_length=32, description="Memory request per pod, e.g. '64Gi'.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the trainer pods need.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for GPU node taints.")
+
+
+class FineTuneJobSpec(_Model):
+    base_model: BaseModelSpec = Field(description="The model to adapt.")
+    dataset: DatasetSpec = Field(description="Training and validation data.")
+    lora: LoRASpec = Field(default_factory=LoRASpec, description="LoRA adapter settings.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Evaluation before and after.")
+    output: OutputSpec = Field(description="Where results are written.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="How to reach S3.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the trainer.")
+    image: str | None = Field(default=None, max_length=512, description="Trainer image; default from the operator.")
+    suspend: bool = Field(default=False, description="Create the trainer Job suspended; set false to start.")
+    queue_name: str | None = Field(
+        default=None, max_length=253, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name)."
+    )
+    backoff_limit: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Retries of infrastructure failures; user errors are never retried.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=86_400, ge=60, description="Fail the job when it runs longer than this."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=604_800, ge=0, description="Delete the FineTuneJob this long after it finishes."
+    )
+
+    @model_validator(mode="after")
+    def _distinct_output(self) -> FineTuneJobSpec:
+        if self.output.uri.rstrip("/") in {self.dataset.train.rstrip("/"), self.base_model.uri.rstrip("/")}:
+            raise ValueError("output.uri must differ from baseModel.uri and dataset.train")
+        return self
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata kubetune reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    namespace: str | None = None
+
+
+class FineTuneJob(BaseModel):
+    """A whole manifest, as `kubectl apply -f` or `kubetune run` reads it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["FineTuneJob"]
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: dict[str, Any] | None = None

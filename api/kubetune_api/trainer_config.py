@@ -1,0 +1,114 @@
+"""The trainer's input contract, and the one pure function that maps a FineTuneJob to it.
+
+The operator renders a TrainerConfig into a ConfigMap; `kubetune run` builds the same
+object in-process. Both call `trainer_config_from_job`, so a job behaves the same on a
+laptop and on a cluster. No torch here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kubetune_api.spec import (
+    DatasetSpec,
+    EvaluationSpec,
+    FineTuneJob,
+    LoRASpec,
+    OutputSpec,
+    StorageSpec,
+    TrainingSpec,
+)
+
+CONFIG_VERSION = 1
+
+
+class RuntimeOptions(BaseModel):
+    """Where the trainer runs: things that differ between a pod and a laptop, never between jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cache_dir: str = Field(default="~/.cache/kubetune", description="Download cache (model and data).")
+    work_dir: str | None = Field(default=None, description="Scratch space; a temp dir when empty.")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve /metrics and /progress here (0 = any free port)."
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address the metrics server binds.")
+    termination_message_path: str | None = Field(
+        default=None, description="Write the final summary JSON (<= 4 KB) here, e.g. /dev/termination-log."
+    )
+    progress_bar: bool = Field(default=False, description="Show a terminal progress bar.")
+    device: str = Field(default="auto", description="auto, cpu or cuda.")
+    attempt: int = Field(default=1, ge=1, description="Attempt number (the operator counts retries).")
+
+
+class TrainerConfig(BaseModel):
+    """Everything the trainer needs, resolved. Serialised as trainer.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = CONFIG_VERSION
+    job_name: str
+    namespace: str | None = None
+    base_model_uri: str
+    dataset: DatasetSpec
+    lora: LoRASpec
+    training: TrainingSpec
+    evaluation: EvaluationSpec
+    output: OutputSpec
+    storage: StorageSpec
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, by_alias=False)
+
+
+def _local(uri: str, base_dir: Path | None) -> str:
+    """Resolve relative paths (`data/x.jsonl`, `file://./model/`) against the manifest's folder.
+
+    Only in local mode (`base_dir` given); on a cluster there is no meaningful "here".
+    """
+    if base_dir is None:
+        return uri
+    scheme = "file://" if uri.startswith("file://") else ""
+    path = uri[len(scheme) :]
+    if (scheme == "" and "://" in uri) or Path(path).is_absolute():
+        return uri
+    resolved = str((base_dir / path).resolve()) + ("/" if path.endswith("/") else "")
+    return scheme + resolved
+
+
+def trainer_config_from_job(
+    job: FineTuneJob, runtime: RuntimeOptions | None = None, base_dir: Path | None = None
+) -> TrainerConfig:
+    """Map a validated FineTuneJob to the trainer's config. Pure: same input, same output.
+
+    `base_dir` resolves relative local paths (a manifest's own folder, for `kubetune run`);
+    the operator passes None, and plain paths are then rejected by its semantic checks.
+    """
+    spec = job.spec
+    dataset = spec.dataset.model_copy(
+        update={
+            "train": _local(spec.dataset.train, base_dir),
+            "validation": None if spec.dataset.validation is None else _local(spec.dataset.validation, base_dir),
+        }
+    )
+    output = spec.output.model_copy(update={"uri": _local(spec.output.uri, base_dir)})
+    return TrainerConfig(
+        job_name=job.metadata.name,
+        namespace=job.metadata.namespace,
+        base_model_uri=_local(spec.base_model.uri, base_dir),
+        dataset=dataset,
+        lora=spec.lora,
+        training=spec.training,
+        evaluation=spec.evaluation,
+        output=output,
+        storage=spec.storage,
+        runtime=runtime or RuntimeOptions(),
+    )
+
+
+def load_manifest(data: dict[str, Any]) -> FineTuneJob:
+    return FineTuneJob.model_validate(data)

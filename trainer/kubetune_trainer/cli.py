@@ -1,0 +1,119 @@
+"""`kubetune-train --config trainer.json`: the trainer pod's entrypoint (also usable alone).
+
+Exit codes (see errors.py): 0 ok, 10-19 user error, 20-29 infrastructure error, 143 stopped
+by SIGTERM after a checkpoint. The summary JSON goes to the termination-message path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kubetune_api.trainer_config import TrainerConfig
+from kubetune_trainer.errors import InvalidSpec, KubetuneError
+from kubetune_trainer.pipeline import Summary, failure_summary, run_training
+from kubetune_trainer.progress import ProgressReporter
+
+log = logging.getLogger("kubetune")
+
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "matplotlib", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Library progress bars and deprecation chatter drown the trainer's own output.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    except ImportError:  # validate-only installs without transformers
+        pass
+
+
+def pydantic_problems(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem, naming the field by its wire (camelCase) path."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        lines.append(f"{prefix}{path}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_config(path: Path) -> TrainerConfig:
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidSpec(f"{path}: cannot read the trainer config: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec(f"{path} line {exc.lineno}: invalid JSON: {exc.msg}") from exc
+    try:
+        return TrainerConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidSpec(f"{path}: {pydantic_problems(exc)}") from exc
+
+
+def write_termination_message(path: str | None, summary: Summary) -> None:
+    if not path:
+        return
+    try:
+        Path(path).write_text(summary.to_json(TERMINATION_MESSAGE_LIMIT))
+    except OSError as exc:  # never let reporting hide the real outcome
+        log.warning("cannot write termination message to %s: %s", path, exc)
+
+
+def train_from_config(config: TrainerConfig, reporter: ProgressReporter) -> tuple[Summary, int]:
+    started = time.time()
+    try:
+        summary = run_training(config, reporter)
+        return summary, 0
+    except KubetuneError as exc:
+        log.error("%s", exc.describe())
+        return failure_summary(config.job_name, exc, started), exc.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetune-train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="trainer.json (TrainerConfig)")
+    parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+    except KubetuneError as exc:
+        log.error("%s", exc.describe())
+        print(json.dumps({"status": "Failed", "reason": exc.reason, "message": str(exc)}), file=sys.stderr)
+        return exc.exit_code
+
+    reporter = ProgressReporter(config.job_name, config.namespace)
+    if config.runtime.metrics_port is not None:
+        port = reporter.serve(config.runtime.metrics_host, config.runtime.metrics_port)
+        log.info("serving /metrics and /progress on port %d", port)
+    try:
+        summary, code = train_from_config(config, reporter)
+    finally:
+        reporter.close()
+    write_termination_message(config.runtime.termination_message_path, summary)
+    print(summary.to_json(), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

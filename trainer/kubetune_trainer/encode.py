@@ -1,0 +1,126 @@
+"""Rows to token ids and labels: templates and completion-only masking.
+
+Every row is rendered to one string plus the character spans that carry loss, then
+tokenized once with offsets. Tokenizing the whole string (instead of pieces) keeps the
+tokens identical to what the model sees at inference time, and the offsets say which
+tokens fall inside a trainable span.
+
+Chat rows use the tokenizer's chat template; a tokenizer without one gets
+DEFAULT_CHAT_TEMPLATE (ChatML), which is then saved with the adapter so inference
+uses the same format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kubetune_trainer.data import Message, Row
+from kubetune_trainer.errors import ModelInvalid
+
+IGNORE_INDEX = -100
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class Tokenizer(Protocol):
+    """The slice of a Hugging Face fast tokenizer this module uses."""
+
+    bos_token: str | None
+    eos_token: str | None
+    bos_token_id: int | None
+    chat_template: str | None
+
+    def __call__(self, text: str, **kwargs: Any) -> Any: ...
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def trainable_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    spans: tuple[tuple[int, int], ...]  # [start, end) character ranges that carry loss
+
+
+def _as_dicts(messages: tuple[Message, ...]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+class Encoder:
+    def __init__(self, tokenizer: Tokenizer, max_seq_length: int, completion_only_loss: bool = True) -> None:
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.completion_only_loss = completion_only_loss
+        probe = tokenizer("a")["input_ids"]
+        adds_bos = tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
+        self.bos = (tokenizer.bos_token or "") if adds_bos else ""
+        self.eos = tokenizer.eos_token or ""
+
+    # -- rendering ------------------------------------------------------------------------------
+    def _chat(self, messages: tuple[Message, ...], add_generation_prompt: bool = False) -> str:
+        text = self.tokenizer.apply_chat_template(
+            _as_dicts(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return str(text)
+
+    def render(self, row: Row) -> Rendered:
+        if not row.is_chat:
+            prompt = self.bos + row.prompt
+            text = prompt + row.completion + self.eos
+            start = len(prompt) if self.completion_only_loss else 0
+            return Rendered(text, ((start, len(text)),))
+        full = self._chat(row.messages)
+        if not self.completion_only_loss:
+            return Rendered(full, ((0, len(full)),))
+        spans: list[tuple[int, int]] = []
+        for i, message in enumerate(row.messages):
+            if not message.trainable:
+                continue
+            before = self._chat(row.messages[:i], add_generation_prompt=True)
+            through = self._chat(row.messages[: i + 1])
+            if not (through.startswith(before) and full.startswith(through)):
+                raise ModelInvalid(
+                    f"{row.source}: the chat template does not render conversations incrementally, so "
+                    "assistant turns cannot be located for completion-only loss; set "
+                    "training.completionOnlyLoss: false or use a tokenizer with a standard template"
+                )
+            spans.append((len(before), len(through)))
+        return Rendered(full, tuple(spans))
+
+    def prompt_and_reference(self, row: Row) -> tuple[str, str]:
+        """The generation prompt and the expected answer (the last trainable turn / completion)."""
+        if not row.is_chat:
+            return self.bos + row.prompt, row.completion
+        last = max(i for i, m in enumerate(row.messages) if m.trainable)
+        return self._chat(row.messages[:last], add_generation_prompt=True), row.messages[last].content
+
+    # -- tokenizing -----------------------------------------------------------------------------
+    def encode(self, row: Row) -> Encoded:
+        rendered = self.render(row)
+        enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = list(enc["input_ids"])
+        labels = [
+            token if any(start <= offset[0] < end for start, end in rendered.spans) else IGNORE_INDEX
+            for token, offset in zip(ids, enc["offset_mapping"], strict=True)
+        ]
+        truncated = len(ids) > self.max_seq_length
+        if truncated:
+            ids, labels = ids[: self.max_seq_length], labels[: self.max_seq_length]
+        return Encoded(ids, labels, truncated)

@@ -1,0 +1,136 @@
+"""Final artifacts: adapter, tokenizer, metrics, eval, loss curve, model card, manifest.
+
+Everything is written to a local folder first and then published file by file; each file
+is atomic and manifest.json goes last, so a reader who sees the manifest sees a complete
+result, and a failed export leaves no manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.errors import ExportFailed, KubetuneError
+from kubetune_trainer.storage import Storage, parse_uri, sha256_file
+
+MANIFEST = "manifest.json"
+LIBRARIES = ("kubetune", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    adapter_uri: str
+    manifest_uri: str
+    files: list[str]
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_loss_curve(history: list[dict[str, float]], evals: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if history:
+        ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="train loss", lw=1.4)
+    for key, style in (("baseline", "--"), ("finetuned", ":")):
+        loss = (evals.get(key) or {}).get("loss")
+        if loss is not None:
+            ax.axhline(loss, ls=style, color="gray" if key == "baseline" else "green", label=f"{key} eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per trainable token)")
+    ax.set_title("kubetune training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def model_card(job: str, base_model: str, dataset: str, lora: dict[str, Any], evals: dict[str, Any]) -> str:
+    base, tuned = evals.get("baseline") or {}, evals.get("finetuned") or {}
+    rows = [
+        ("eval loss", _fmt(base.get("loss")), _fmt(tuned.get("loss"))),
+        ("perplexity", _fmt(base.get("perplexity"), ".2f"), _fmt(tuned.get("perplexity"), ".2f")),
+    ]
+    if "exact_match" in tuned:
+        rows.append(("exact match", _fmt(base.get("exact_match"), ".1%"), _fmt(tuned.get("exact_match"), ".1%")))
+    table = "\n".join(f"| {name} | {b} | {t} |" for name, b, t in rows)
+    return f"""---
+library_name: peft
+base_model: {base_model}
+tags: [lora, kubetune]
+---
+
+# {job}: LoRA adapter
+
+Trained by kubetune from `{base_model}` on `{dataset}`.
+
+| metric | base model | fine-tuned |
+|---|---|---|
+{table}
+
+LoRA: r={lora.get("r")}, alpha={lora.get("alpha")}, dropout={lora.get("dropout")},
+targets={lora.get("target_modules")}.
+
+## Use
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("<base model dir>")
+model = PeftModel.from_pretrained(base, "<this folder>")
+tokenizer = AutoTokenizer.from_pretrained("<this folder>")
+```
+
+Provenance (data and model fingerprints, config, library versions) is in `manifest.json`;
+the loss curve is `loss_curve.png`, metrics per step are in `metrics.json`.
+"""
+
+
+def publish(
+    storage: Storage,
+    local_dir: Path,
+    output_uri: str,
+    manifest: dict[str, Any],
+) -> ExportResult:
+    """Upload every file in `local_dir`, then manifest.json (with the files' hashes) last."""
+    files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+    manifest = {
+        **manifest,
+        "artifacts": {
+            name: {"sha256": sha256_file(local_dir / name), "size": (local_dir / name).stat().st_size}
+            for name in files
+            if name != MANIFEST
+        },
+        "completedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (local_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    try:
+        storage.put_dir(local_dir, output_uri, last=(MANIFEST,))
+    except KubetuneError:
+        raise
+    except Exception as exc:  # anything unexpected while publishing is an export failure
+        raise ExportFailed(f"{output_uri}: publishing artifacts failed: {exc}") from exc
+    base = parse_uri(output_uri)
+    return ExportResult(adapter_uri=base.uri, manifest_uri=base.join(MANIFEST).uri, files=[*files, MANIFEST])

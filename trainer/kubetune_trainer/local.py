@@ -1,0 +1,205 @@
+"""`kubetune`: run or check a FineTuneJob manifest on this machine, no cluster needed.
+
+    kubetune validate job.yaml      schema + dataset checks, token counts, planned steps
+    kubetune run job.yaml           train in-process with a progress bar, then a summary
+
+The manifest is the same YAML you would `kubectl apply`; it is validated with the same
+model the CRD is generated from and mapped with the same function the operator uses.
+Relative paths in it are resolved against the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kubetune_api.spec import FineTuneJob
+from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, trainer_config_from_job
+from kubetune_trainer.cli import configure_logging, pydantic_problems
+from kubetune_trainer.errors import InvalidSpec, KubetuneError
+
+log = logging.getLogger("kubetune")
+
+
+def read_manifest(path: Path) -> FineTuneJob:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidSpec(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise InvalidSpec(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+    if len(jobs) != 1:
+        raise InvalidSpec(f"{path}: expected exactly one FineTuneJob document, found {len(jobs)}")
+    try:
+        return FineTuneJob.model_validate(jobs[0])
+    except ValidationError as exc:
+        raise InvalidSpec(f"{path}: {pydantic_problems(exc)}") from exc
+
+
+def config_for(path: Path, runtime: RuntimeOptions) -> TrainerConfig:
+    return trainer_config_from_job(read_manifest(path), runtime, base_dir=path.resolve().parent)
+
+
+def validate_dataset(config: TrainerConfig) -> dict[str, Any]:
+    """Everything a preflight can know without a GPU: row checks, tokens, steps."""
+    from kubetune_trainer.encode import Encoder
+    from kubetune_trainer.modeling import TOKENIZER_FILES, check_seq_length, load_tokenizer
+    from kubetune_trainer.prepare import plan, prepare
+    from kubetune_trainer.storage import Storage
+
+    storage = Storage(config.storage, config.runtime.cache_dir)
+    model_dir = storage.stage_dir(config.base_model_uri, only=frozenset(TOKENIZER_FILES))
+    check_seq_length(model_dir, config.training.max_seq_length)
+    train_path = storage.stage_file(config.dataset.train)
+    val_path = storage.stage_file(config.dataset.validation) if config.dataset.validation else None
+    tokenizer = load_tokenizer(model_dir)
+    encoder = Encoder(tokenizer, config.training.max_seq_length, config.training.completion_only_loss)
+    data = prepare(config.dataset, config.training, encoder, train_path, val_path)
+    device = "cuda" if config.runtime.device == "cuda" else "cpu"
+    steps = plan(config.training, data.stats, device)
+    return {"job": config.job_name, "data": data.stats.as_dict(), "plan": steps.__dict__}
+
+
+def _print_validation(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['job']}: dataset and plan", show_header=False)
+    for section in ("data", "plan"):
+        for key, value in report[section].items():
+            table.add_row(key, str(value))
+    Console().print(table)
+
+
+def _print_summary(summary: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    base, tuned = summary.eval.get("baseline") or {}, summary.eval.get("finetuned") or {}
+    table = Table(title=f"{summary.job}: evaluation on held-out rows")
+    table.add_column("metric")
+    table.add_column("base model", justify="right")
+    table.add_column("fine-tuned", justify="right")
+    for key, label, fmt in (
+        ("loss", "eval loss", "{:.4f}"),
+        ("perplexity", "perplexity", "{:.2f}"),
+        ("exact_match", "exact match", "{:.1%}"),
+    ):
+        if key in base or key in tuned:
+            table.add_row(label, *(fmt.format(d[key]) if d.get(key) is not None else "-" for d in (base, tuned)))
+    console.print(table)
+    console.print(
+        f"steps: {summary.step}, trained tokens: {summary.trained_tokens:,}, time: {summary.duration_seconds:.1f}s"
+    )
+    console.print(f"adapter:  {summary.adapter_uri}")
+    console.print(f"manifest: {summary.manifest_uri}")
+
+
+def run(config: TrainerConfig, overwrite: bool) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from kubetune_trainer.pipeline import failure_summary, run_training
+    from kubetune_trainer.progress import ProgressReporter
+    from kubetune_trainer.storage import Storage, parse_uri
+
+    if overwrite:
+        Storage(config.storage, config.runtime.cache_dir).delete_prefix(parse_uri(config.output.uri).uri)
+    reporter = ProgressReporter(config.job_name, config.namespace)
+    if config.runtime.metrics_port is not None:
+        port = reporter.serve(config.runtime.metrics_host, config.runtime.metrics_port)
+        log.info("serving /metrics and /progress on port %d", port)
+    columns = (
+        TextColumn("[bold]training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    started = time.time()
+    with Progress(*columns, disable=not config.runtime.progress_bar, transient=False) as bar:
+        task = bar.add_task("train", total=None, loss="-", tps="-")
+
+        def on_step(state: Any, info: dict[str, float]) -> None:
+            bar.update(
+                task,
+                completed=state.step,
+                total=reporter.state.total_steps,
+                loss=f"{info['loss']:.4f}",
+                tps=f"{info['tokens_per_second']:,.0f}",
+            )
+
+        def on_event(message: str) -> None:
+            bar.console.print(f"[dim]{time.time() - started:6.1f}s[/dim] {message}")
+
+        try:
+            summary = run_training(config, reporter, on_step=on_step, on_event=on_event)
+        except KubetuneError as exc:
+            failed = failure_summary(config.job_name, exc, started)
+            bar.console.print(f"[red]Failed: {exc.describe()}[/red]")
+            print(failed.to_json(), file=sys.stderr)
+            return exc.exit_code
+        finally:
+            reporter.close()
+    if summary.already_complete:
+        print(f"{config.output.uri} already holds a finished run; pass --overwrite to train again.")
+    _print_summary(summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "train locally"), ("validate", "check the manifest and its dataset")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("manifest", type=Path)
+        p.add_argument("--cache-dir", default="~/.cache/kubetune")
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        p.add_argument("--log-level", default="WARNING")
+    run_parser = sub.choices["run"]
+    run_parser.add_argument("--overwrite", action="store_true", help="delete the output first and train anew")
+    run_parser.add_argument("--metrics-port", type=int, help="serve /metrics and /progress on this port")
+    run_parser.add_argument("--no-progress", action="store_true")
+    sub.choices["validate"].add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+
+    runtime = RuntimeOptions(
+        cache_dir=args.cache_dir,
+        device=args.device,
+        progress_bar=args.command == "run" and not args.no_progress,
+        metrics_port=getattr(args, "metrics_port", None),
+        metrics_host="127.0.0.1",
+    )
+    try:
+        config = config_for(args.manifest, runtime)
+        if args.command == "validate":
+            report = validate_dataset(config)
+            if args.json:
+                print(json.dumps(report, indent=2))
+            else:
+                _print_validation(report)
+            return 0
+    except KubetuneError as exc:
+        print(f"error: {exc.describe()}", file=sys.stderr)
+        return exc.exit_code
+    return run(config, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""From staged JSONL files to training sequences, plus the numbers a user wants before
+spending a GPU: rows, tokens, truncation, steps. Shared by training and `validate`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune_api.spec import AUTO, DatasetSpec, TrainingSpec
+from kubetune_trainer.data import Row, read_rows, split_rows
+from kubetune_trainer.encode import Encoded, Encoder
+from kubetune_trainer.errors import DatasetInvalid
+from kubetune_trainer.packing import TrainSequence, pack, unpacked
+
+# OpenAI's auto-epochs heuristic: 3 epochs, but see at least 100 and at most 25k examples.
+DEFAULT_EPOCHS = 3
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25_000
+MAX_AUTO_EPOCHS = 25
+AUTO_BATCH_TOKENS = {"cuda": 16_384, "cpu": 4_096}
+
+
+@dataclass(frozen=True)
+class DataStats:
+    format: str
+    train_rows: int
+    validation_rows: int
+    train_tokens: int
+    trainable_tokens: int
+    validation_tokens: int
+    truncated_rows: int
+    dropped_rows: int
+    max_row_tokens: int
+    mean_row_tokens: float
+    train_sequences: int
+    packing_efficiency: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    epochs: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+@dataclass
+class PreparedData:
+    train: list[TrainSequence]
+    validation: list[TrainSequence]
+    validation_rows: list[Row]
+    stats: DataStats
+
+
+def _encode_all(encoder: Encoder, rows: list[Row]) -> tuple[list[tuple[Row, Encoded]], int, int]:
+    kept: list[tuple[Row, Encoded]] = []
+    truncated = dropped = 0
+    for row in rows:
+        encoded = encoder.encode(row)
+        truncated += encoded.truncated
+        # Truncation can cut away every trainable token; such a row teaches nothing.
+        if encoded.trainable_tokens == 0:
+            dropped += 1
+            continue
+        kept.append((row, encoded))
+    return kept, truncated, dropped
+
+
+def prepare(
+    dataset: DatasetSpec,
+    training: TrainingSpec,
+    encoder: Encoder,
+    train_path: Path,
+    validation_path: Path | None,
+) -> PreparedData:
+    rows, fmt = read_rows(train_path, dataset.format, name=Path(dataset.train).name)
+    if validation_path is not None:
+        validation_rows, _ = read_rows(validation_path, fmt, name=Path(dataset.validation or "").name)
+        train_rows = rows
+    else:
+        train_rows, validation_rows = split_rows(rows, dataset.validation_split, training.seed)
+
+    train_kept, truncated, dropped = _encode_all(encoder, train_rows)
+    val_kept, val_truncated, val_dropped = _encode_all(encoder, validation_rows)
+    train_enc = [e for _, e in train_kept]
+    val_enc = [e for _, e in val_kept]
+    if not train_enc:
+        raise DatasetInvalid(
+            f"{dataset.train}: no row has a trainable token after truncation to "
+            f"training.maxSeqLength={training.max_seq_length}"
+        )
+    build = (lambda ex: pack(ex, training.max_seq_length)) if training.packing else unpacked
+    train_seqs = build(train_enc)
+    val_seqs = build(val_enc)
+    lengths = [len(e.input_ids) for e in train_enc]
+    total_tokens = sum(lengths)
+    capacity = len(train_seqs) * training.max_seq_length if training.packing else total_tokens
+    stats = DataStats(
+        format=fmt.value,
+        train_rows=len(train_enc),
+        validation_rows=len(val_enc),
+        train_tokens=total_tokens,
+        trainable_tokens=sum(e.trainable_tokens for e in train_enc),
+        validation_tokens=sum(len(e.input_ids) for e in val_enc),
+        truncated_rows=truncated + val_truncated,
+        dropped_rows=dropped + val_dropped,
+        max_row_tokens=max(lengths),
+        mean_row_tokens=round(total_tokens / len(lengths), 2),
+        train_sequences=len(train_seqs),
+        packing_efficiency=round(total_tokens / capacity, 4) if capacity else 1.0,
+    )
+    return PreparedData(train_seqs, val_seqs, [r for r, _ in val_kept], stats)
+
+
+def resolve_epochs(training: TrainingSpec, n_examples: int) -> int:
+    if training.epochs != AUTO:
+        return int(training.epochs)
+    epochs = DEFAULT_EPOCHS
+    if n_examples * epochs < MIN_TARGET_EXAMPLES:
+        epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / max(1, n_examples)))
+    elif n_examples * epochs > MAX_TARGET_EXAMPLES:
+        epochs = max(1, MAX_TARGET_EXAMPLES // n_examples)
+    return epochs
+
+
+def resolve_batch_size(training: TrainingSpec, device_type: str, mean_sequence_tokens: float) -> int:
+    if training.batch_size != AUTO:
+        return int(training.batch_size)
+    budget = AUTO_BATCH_TOKENS.get(device_type, AUTO_BATCH_TOKENS["cpu"])
+    per_sequence = training.max_seq_length if training.packing else max(1.0, mean_sequence_tokens)
+    return max(1, min(256, int(budget // per_sequence)))
+
+
+def plan(training: TrainingSpec, stats: DataStats, device_type: str, world_size: int = 1) -> Plan:
+    epochs = resolve_epochs(training, stats.train_rows)
+    mean_seq = stats.train_tokens / max(1, stats.train_sequences)
+    batch_size = resolve_batch_size(training, device_type, mean_seq)
+    micro_batches = math.ceil(stats.train_sequences / (batch_size * world_size))
+    steps_per_epoch = max(1, math.ceil(micro_batches / training.gradient_accumulation_steps))
+    total = training.max_steps or epochs * steps_per_epoch
+    return Plan(
+        epochs=epochs if not training.max_steps else math.ceil(total / steps_per_epoch),
+        batch_size=batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        warmup_steps=round(total * training.warmup_ratio),
+    )
