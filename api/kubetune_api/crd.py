@@ -116,12 +116,20 @@ def spec_openapi_schema() -> JSON:
 
 
 def _int_or_string_bounds(schema: JSON) -> JSON:
-    """epochs and batchSize are `auto` or a positive integer; say so in the schema too."""
+    """epochs and batchSize are `auto` or a positive integer.
+
+    The apiserver accepts typed anyOf branches only in the exact int-or-string shape
+    ([{type: integer}, {type: string}]), so the bounds are a CEL rule instead.
+    """
     training = schema["properties"]["training"]["properties"]
     for field in ("epochs", "batchSize"):
-        for branch in training[field]["anyOf"]:
-            if branch["type"] == "integer":
-                branch.update({"minimum": 1, "maximum": 100_000})
+        training[field]["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        training[field]["x-kubernetes-validations"] = [
+            {
+                "rule": "type(self) == int ? (self >= 1 && self <= 100000) : self == 'auto'",
+                "message": f"{field} must be 'auto' or an integer between 1 and 100000",
+            }
+        ]
     return schema
 
 

@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "kubetune.io"
@@ -22,7 +22,7 @@ PLURAL = "finetunejobs"
 
 # A URI names a scheme we can stage from, or (local mode only) a plain path.
 # s3:// bucket names follow the AWS naming rules closely enough to catch typos.
-URI_PATTERN = r"^((s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?)|((file|pvc|hf)://.+)|([^:]+))$"
+URI_PATTERN = r"^((s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?)|((file|pvc)://.+)|([^:]+))$"
 _URI_RE = re.compile(URI_PATTERN)
 
 AUTO = "auto"
@@ -44,7 +44,7 @@ def _check_uri(value: str, field: str) -> str:
     if not _URI_RE.match(value):
         raise ValueError(
             f"{field}: {value!r} is not a supported URI; use s3://bucket/key, file:///path, "
-            "pvc://claim/path, hf://org/name or a local path"
+            "pvc://claim/path or a local path"
         )
     return value
 
@@ -81,7 +81,8 @@ class BaseModelSpec(_Model):
         description=(
             "Where the base model lives: a directory in Hugging Face format (config.json, "
             "safetensors weights, tokenizer files). s3://bucket/prefix/, file:///path, "
-            "pvc://claim/path or a local path (local mode)."
+            "pvc://claim/path or a local path (local mode). Hub downloads are deliberately "
+            "not supported: weights come from your own buckets and volumes."
         )
     )
 
@@ -140,7 +141,7 @@ class LoRASpec(_Model):
 
 
 class TrainingSpec(_Model):
-    epochs: int | Literal["auto"] = Field(
+    epochs: StrictInt | Literal["auto"] = Field(
         default="auto",
         description=(
             "Passes over the training rows, or auto: 3, raised for tiny datasets (at least 100 examples "
@@ -154,7 +155,7 @@ class TrainingSpec(_Model):
         description="Stop after this many optimizer steps (overrides epochs).",
     )
     learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
-    batch_size: int | Literal["auto"] = Field(
+    batch_size: StrictInt | Literal["auto"] = Field(
         default="auto",
         description=(
             "Sequences per device per micro-step (packed sequences when packing is on). "

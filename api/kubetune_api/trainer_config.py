@@ -74,7 +74,7 @@ def _local(uri: str, base_dir: Path | None) -> str:
         return uri
     scheme = "file://" if uri.startswith("file://") else ""
     path = uri[len(scheme) :]
-    if (scheme == "" and "://" in uri) or Path(path).is_absolute():
+    if (scheme == "" and "://" in uri) or Path(path).is_absolute() or path.startswith("~"):
         return uri
     resolved = str((base_dir / path).resolve()) + ("/" if path.endswith("/") else "")
     return scheme + resolved
@@ -111,4 +111,5 @@ def trainer_config_from_job(
 
 
 def load_manifest(data: dict[str, Any]) -> FineTuneJob:
-    return FineTuneJob.model_validate(data)
+    """Validate a manifest by its wire (camelCase) names only, as the apiserver would."""
+    return FineTuneJob.model_validate(data, by_alias=True, by_name=False)

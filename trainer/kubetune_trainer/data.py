@@ -112,7 +112,7 @@ def _parse_messages(raw: Any) -> tuple[Message, ...]:
         if unknown:
             raise ValueError(f"{where} has unrecognised key(s) {sorted(unknown)}")
         role = msg.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             raise ValueError(f"{where}.role is {role!r}; expected one of {sorted(CHAT_ROLES)}")
         content = msg.get("content")
         if not isinstance(content, str):
@@ -180,7 +180,8 @@ def read_rows(path: Path, fmt: DatasetFormat, name: str | None = None) -> tuple[
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetInvalid(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): U+2028 and friends are legal inside JSON strings.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -20,12 +20,17 @@ from kubetune_trainer.errors import ModelInvalid
 
 IGNORE_INDEX = -100
 
+# ChatML. Assistant turns also end with the tokenizer's EOS, so a model whose vocabulary
+# lacks <|im_end|> as a special token still learns to stop generating.
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' }}"
+    "{% if message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}"
+    "{{ '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+DEFAULT_TEMPLATE_STOP_STRINGS = ("<|im_end|>",)
 
 
 class Tokenizer(Protocol):
@@ -63,8 +68,10 @@ def _as_dicts(messages: tuple[Message, ...]) -> list[dict[str, str]]:
 
 class Encoder:
     def __init__(self, tokenizer: Tokenizer, max_seq_length: int, completion_only_loss: bool = True) -> None:
+        self.stop_strings: tuple[str, ...] = ()
         if not tokenizer.chat_template:
             tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+            self.stop_strings = DEFAULT_TEMPLATE_STOP_STRINGS
         self.tokenizer = tokenizer
         self.max_seq_length = max_seq_length
         self.completion_only_loss = completion_only_loss

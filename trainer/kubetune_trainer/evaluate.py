@@ -39,7 +39,10 @@ def eval_loss(
     return {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50.0)), 4), "tokens": total_tokens}
 
 
-def _normalise(text: str) -> str:
+def _normalise(text: str, stop_strings: Sequence[str] = ()) -> str:
+    """Cut at the first stop string (e.g. a text-level <|im_end|>), then collapse whitespace."""
+    for stop in stop_strings:
+        text = text.split(stop, 1)[0]
     return " ".join(text.split())
 
 
@@ -75,7 +78,7 @@ def exact_match(
         )
         answers = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for prompt, reference, answer in zip(prompts, references, answers, strict=True):
-            hit = _normalise(answer) == _normalise(reference)
+            hit = _normalise(answer, encoder.stop_strings) == _normalise(reference)
             hits += hit
             if len(examples) < 5:
                 examples.append({"prompt": prompt[-200:], "reference": reference, "prediction": answer})

@@ -22,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune_api.spec import FineTuneJob
-from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, trainer_config_from_job
+from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, load_manifest, trainer_config_from_job
 from kubetune_trainer.cli import configure_logging, pydantic_problems
 from kubetune_trainer.errors import InvalidSpec, KubetuneError
 
@@ -44,7 +44,7 @@ def read_manifest(path: Path) -> FineTuneJob:
     if len(jobs) != 1:
         raise InvalidSpec(f"{path}: expected exactly one FineTuneJob document, found {len(jobs)}")
     try:
-        return FineTuneJob.model_validate(jobs[0])
+        return load_manifest(jobs[0])
     except ValidationError as exc:
         raise InvalidSpec(f"{path}: {pydantic_problems(exc)}") from exc
 

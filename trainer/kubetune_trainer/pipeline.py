@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer.errors import KubetuneError, Preempted
 from kubetune_trainer.export import MANIFEST
@@ -52,13 +54,23 @@ class Summary:
     already_complete: bool = False
 
     def to_json(self, limit: int = 4096) -> str:
-        raw = {k: v for k, v in asdict(self).items() if v not in (None, {}, [])}
-        raw["eval"] = {k: {m: v for m, v in (d or {}).items() if m != "examples"} for k, d in self.eval.items()}
+        """camelCase, like the rest of the Kubernetes-facing surface."""
+        raw = {to_camel(k): v for k, v in asdict(self).items() if v not in (None, {}, [])}
+        if self.eval:
+            raw["eval"] = {
+                k: {to_camel(m): v for m, v in (d or {}).items() if m != "examples"} for k, d in self.eval.items()
+            }
         text = json.dumps(raw, separators=(",", ":"))
+        # Shrink the message first, then drop optional detail, so the result stays valid JSON.
         if len(text) > limit and self.message:
             raw["message"] = self.message[: max(0, len(self.message) - (len(text) - limit) - 16)] + "…"
             text = json.dumps(raw, separators=(",", ":"))
-        return text[:limit]
+        for optional in ("eval", "adapterUri", "manifestUri", "message"):
+            if len(text) <= limit:
+                break
+            raw.pop(optional, None)
+            text = json.dumps(raw, separators=(",", ":"))
+        return text
 
 
 def failure_summary(job: str, error: KubetuneError, started: float) -> Summary:

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic.alias_generators import to_camel
 
 LABELS = ("finetunejob", "finetunejob_namespace")
 
@@ -43,12 +44,7 @@ class ProgressState:
     def to_json(self) -> dict[str, Any]:
         raw = asdict(self)
         raw["progress_ratio"] = round(self.progress_ratio, 4)
-        return {_camel(k): v for k, v in raw.items()}
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
+        return {to_camel(k): v for k, v in raw.items()}
 
 
 class TrainerMetrics:

@@ -47,6 +47,7 @@ class Runner:
         self.storage = Storage(config.storage, config.runtime.cache_dir)
         self.timings: dict[str, float] = {}
         self.started = time.time()
+        self.model: Any = None  # the trained PEFT model, kept for callers that use it in memory
 
     def _stage(self, name: str) -> _Timer:
         self.reporter.update(phase=name)
@@ -98,6 +99,7 @@ class Runner:
         optimizer = build_optimizer(model, cfg.training, device.type)
         scheduler = build_scheduler(optimizer, cfg.training, the_plan)
         model, optimizer = accelerator.prepare(model, optimizer)
+        self.model = accelerator.unwrap_model(model)
         checkpoints = CheckpointStore(self.storage, cfg.output.uri, cfg.training.keep_checkpoints)
         key = resume_key(cfg, model_fp["sha256"], [fp.get("sha256") or fp.get("etag", "") for fp in data_fps])
         state = TrainState(resume_key=key, attempt=cfg.runtime.attempt)
