@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 import torch
+
 from conftest import ROOT, free_port, trainer_config, upload_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -91,7 +92,7 @@ def test_trains_from_s3_to_s3_and_publishes_every_artifact(
         runtime={"cache_dir": str(tmp_path / "cache"), "termination_message_path": str(tmp_path / "term")},
     )
     proc = trainer_process(write_config(tmp_path / "trainer.json", config), s3_env)
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
 
     keys = keys_under(s3_client, bucket, "runs/one")

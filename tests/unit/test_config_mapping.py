@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from kubetune_api.spec import FineTuneJob
 from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, load_manifest, trainer_config_from_job
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.local import config_for, read_manifest
@@ -243,7 +242,9 @@ def test_uri_pattern(section: str, key: str, uri: str) -> None:
     assert loc == ("spec", section, key)
 
 
-@pytest.mark.parametrize("uri", ["s3://my-bucket", "s3://my.bucket/a/b.jsonl", "file:///x", "pvc://claim/data/x.jsonl", "a/b"])
+@pytest.mark.parametrize(
+    "uri", ["s3://my-bucket", "s3://my.bucket/a/b.jsonl", "file:///x", "pvc://claim/data/x.jsonl", "a/b"]
+)
 def test_uri_pattern_accepts(uri: str) -> None:
     """The supported URI shapes validate."""
     assert load_manifest(manifest(dataset={"train": uri})).spec.dataset.train == uri
