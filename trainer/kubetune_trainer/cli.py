@@ -57,17 +57,37 @@ def pydantic_problems(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
-def load_config(path: Path) -> TrainerConfig:
+class ConfigError(InvalidSpec):
+    """An unusable trainer.json; carries the termination-message path when it could be read."""
+
+    def __init__(self, message: str, termination_message_path: str | None = None) -> None:
+        super().__init__(message)
+        self.termination_message_path = termination_message_path
+
+
+def read_text(path: Path, what: str) -> str:
     try:
-        raw = json.loads(path.read_text())
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidSpec(f"{path}: cannot read the trainer config: {exc.strerror}") from exc
+        raise InvalidSpec(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidSpec(f"{path}: the {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def load_config(path: Path) -> TrainerConfig:
+    text = read_text(path, "trainer config")
+    try:
+        raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidSpec(f"{path} line {exc.lineno}: invalid JSON: {exc.msg}") from exc
     try:
         return TrainerConfig.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidSpec(f"{path}: {pydantic_problems(exc)}") from exc
+        runtime = raw.get("runtime") if isinstance(raw, dict) else None
+        termination = runtime.get("termination_message_path") if isinstance(runtime, dict) else None
+        raise ConfigError(
+            f"{path}: {pydantic_problems(exc)}", termination if isinstance(termination, str) else None
+        ) from exc
 
 
 def write_termination_message(path: str | None, summary: Summary) -> None:
@@ -99,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except KubetuneError as exc:
         log.error("%s", exc.describe())
-        print(json.dumps({"status": "Failed", "reason": exc.reason, "message": str(exc)}), file=sys.stderr)
+        failed = failure_summary(args.config.stem, exc, time.time())
+        write_termination_message(getattr(exc, "termination_message_path", None), failed)
+        print(failed.to_json(), file=sys.stderr)
         return exc.exit_code
 
     reporter = ProgressReporter(config.job_name, config.namespace)

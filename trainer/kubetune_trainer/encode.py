@@ -81,10 +81,16 @@ class Encoder:
         self.eos = tokenizer.eos_token or ""
 
     # -- rendering ------------------------------------------------------------------------------
-    def _chat(self, messages: tuple[Message, ...], add_generation_prompt: bool = False) -> str:
-        text = self.tokenizer.apply_chat_template(
-            _as_dicts(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+    def _chat(self, messages: tuple[Message, ...], add_generation_prompt: bool = False, source: str = "") -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                _as_dicts(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # jinja2 errors, including the template's own raise_exception()
+            raise ModelInvalid(
+                f"{source or 'a chat row'}: the tokenizer's chat template failed on this conversation: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         return str(text)
 
     def render(self, row: Row) -> Rendered:
@@ -93,15 +99,15 @@ class Encoder:
             text = prompt + row.completion + self.eos
             start = len(prompt) if self.completion_only_loss else 0
             return Rendered(text, ((start, len(text)),))
-        full = self._chat(row.messages)
+        full = self._chat(row.messages, source=row.source)
         if not self.completion_only_loss:
             return Rendered(full, ((0, len(full)),))
         spans: list[tuple[int, int]] = []
         for i, message in enumerate(row.messages):
             if not message.trainable:
                 continue
-            before = self._chat(row.messages[:i], add_generation_prompt=True)
-            through = self._chat(row.messages[: i + 1])
+            before = self._chat(row.messages[:i], add_generation_prompt=True, source=row.source)
+            through = self._chat(row.messages[: i + 1], source=row.source)
             if not (through.startswith(before) and full.startswith(through)):
                 raise ModelInvalid(
                     f"{row.source}: the chat template does not render conversations incrementally, so "
@@ -116,7 +122,8 @@ class Encoder:
         if not row.is_chat:
             return self.bos + row.prompt, row.completion
         last = max(i for i, m in enumerate(row.messages) if m.trainable)
-        return self._chat(row.messages[:last], add_generation_prompt=True), row.messages[last].content
+        prompt = self._chat(row.messages[:last], add_generation_prompt=True, source=row.source)
+        return prompt, row.messages[last].content
 
     # -- tokenizing -----------------------------------------------------------------------------
     def encode(self, row: Row) -> Encoded:

@@ -23,19 +23,29 @@ from pydantic import ValidationError
 
 from kubetune_api.spec import FineTuneJob
 from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, load_manifest, trainer_config_from_job
-from kubetune_trainer.cli import configure_logging, pydantic_problems
+from kubetune_trainer.cli import configure_logging, pydantic_problems, read_text
 from kubetune_trainer.errors import InvalidSpec, KubetuneError
 
 log = logging.getLogger("kubetune")
 
 
+class StrictLoader(yaml.SafeLoader):
+    """YAML that rejects duplicate keys, as kubectl's strict field validation does."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_manifest(path: Path) -> FineTuneJob:
+    text = read_text(path, "manifest")
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidSpec(f"{path}: cannot read: {exc.strerror}") from exc
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=StrictLoader) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

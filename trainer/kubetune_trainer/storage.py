@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import boto3
+import boto3.exceptions
 import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
@@ -88,6 +89,16 @@ def parse_uri(uri: str) -> Location:
 
 def _s3_error(exc: Exception, uri: str) -> KubetuneError:
     """Classify a botocore failure: 403/404 are the user's to fix, the rest is infrastructure."""
+    if isinstance(exc, boto3.exceptions.S3UploadFailedError):
+        # upload_file wraps the ClientError; classify what it wraps.
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, Exception) and not isinstance(inner, boto3.exceptions.S3UploadFailedError):
+            return _s3_error(inner, uri)
+        text = str(exc)
+        for code, error in (("NoSuchBucket", NotFound), ("AccessDenied", S3AccessDenied), ("403", S3AccessDenied)):
+            if code in text:
+                return error(f"{uri}: {text}")
+        return StorageError(f"{uri}: {text}")
     if isinstance(exc, botocore.exceptions.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -170,7 +181,11 @@ class Storage:
             yield
         except KubetuneError:
             raise
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except (
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            boto3.exceptions.S3UploadFailedError,
+        ) as exc:
             raise _s3_error(exc, uri) from exc
 
     def _head(self, loc: Location) -> RemoteObject:
