@@ -250,3 +250,36 @@ def test_exported_adapter_loads_with_peft_and_matches_in_memory_model(
     with torch.no_grad(), loaded.disable_adapter():
         base = loaded(input_ids=ids, use_cache=False).logits
     assert not torch.allclose(base, expected, atol=1e-4)
+
+
+def test_merged_weights_match_the_adapter(tiny_model_dir: Path, numbers_path: Path, tmp_path: Path) -> None:
+    """output.mergeAdapter writes full weights under merged/ that behave like base + adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from kubetune_api.trainer_config import TrainerConfig
+    from kubetune_trainer.pipeline import run_training
+
+    config = TrainerConfig.model_validate(
+        trainer_config(
+            str(tiny_model_dir),
+            str(numbers_path),
+            str(tmp_path / "out"),
+            cache_dir=tmp_path / "cache",
+            training={"max_steps": 10},
+            output={"uri": str(tmp_path / "out"), "merge_adapter": True},
+        )
+    )
+    assert run_training(config).status == "Succeeded"
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged").eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "out").eval()
+    ids = torch.tensor([[1, 30, 40, 50, 60]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(input_ids=ids, use_cache=False).logits,
+            adapted(input_ids=ids, use_cache=False).logits,
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "merged/model.safetensors" in manifest["artifacts"]
