@@ -109,10 +109,35 @@ def train_from_config(config: TrainerConfig, reporter: ProgressReporter) -> tupl
         return failure_summary(config.job_name, exc, started), exc.exit_code
 
 
+def preflight(config: TrainerConfig) -> int:
+    """Print the validation report; it is also the termination message the operator reads."""
+    from kubetune_trainer.preflight import validate_dataset
+
+    started = time.time()
+    try:
+        report = validate_dataset(config)
+    except KubetuneError as exc:
+        log.error("%s", exc.describe())
+        failed = failure_summary(config.job_name, exc, started)
+        write_termination_message(config.runtime.termination_message_path, failed)
+        print(failed.to_json(), file=sys.stderr)
+        return exc.exit_code
+    text = json.dumps({"status": "Validated", **report}, separators=(",", ":"))
+    if config.runtime.termination_message_path:
+        Path(config.runtime.termination_message_path).write_text(text[:TERMINATION_MESSAGE_LIMIT])
+    print(text, flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubetune-train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="trainer.json (TrainerConfig)")
     parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--validate-only",
+        action="store_true",
+        help="preflight: check the data and plan the steps without loading weights or training",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
@@ -123,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_message(getattr(exc, "termination_message_path", None), failed)
         print(failed.to_json(), file=sys.stderr)
         return exc.exit_code
+
+    if args.validate_only:
+        return preflight(config)
 
     reporter = ProgressReporter(config.job_name, config.namespace)
     if config.runtime.metrics_port is not None:

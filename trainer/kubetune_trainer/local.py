@@ -25,6 +25,7 @@ from kubetune_api.spec import FineTuneJob
 from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, load_manifest, trainer_config_from_job
 from kubetune_trainer.cli import configure_logging, pydantic_problems, read_text
 from kubetune_trainer.errors import InvalidSpec, KubetuneError
+from kubetune_trainer.preflight import validate_dataset
 
 log = logging.getLogger("kubetune")
 
@@ -61,26 +62,6 @@ def read_manifest(path: Path) -> FineTuneJob:
 
 def config_for(path: Path, runtime: RuntimeOptions) -> TrainerConfig:
     return trainer_config_from_job(read_manifest(path), runtime, base_dir=path.resolve().parent)
-
-
-def validate_dataset(config: TrainerConfig) -> dict[str, Any]:
-    """Everything a preflight can know without a GPU: row checks, tokens, steps."""
-    from kubetune_trainer.encode import Encoder
-    from kubetune_trainer.modeling import TOKENIZER_FILES, check_seq_length, load_tokenizer
-    from kubetune_trainer.prepare import plan, prepare
-    from kubetune_trainer.storage import Storage
-
-    storage = Storage(config.storage, config.runtime.cache_dir)
-    model_dir = storage.stage_dir(config.base_model_uri, only=frozenset(TOKENIZER_FILES))
-    check_seq_length(model_dir, config.training.max_seq_length)
-    train_path = storage.stage_file(config.dataset.train)
-    val_path = storage.stage_file(config.dataset.validation) if config.dataset.validation else None
-    tokenizer = load_tokenizer(model_dir)
-    encoder = Encoder(tokenizer, config.training.max_seq_length, config.training.completion_only_loss)
-    data = prepare(config.dataset, config.training, encoder, train_path, val_path)
-    device = "cuda" if config.runtime.device == "cuda" else "cpu"
-    steps = plan(config.training, data.stats, device)
-    return {"job": config.job_name, "data": data.stats.as_dict(), "plan": steps.__dict__}
 
 
 def _print_validation(report: dict[str, Any]) -> None:

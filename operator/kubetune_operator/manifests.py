@@ -1,0 +1,333 @@
+"""Pure builders: a FineTuneJob's spec -> the Kubernetes objects that run it.
+
+No API calls and no clocks here: same input, same objects. Handlers create what these
+functions return, so every field the operator sets is unit-testable.
+
+Children of a FineTuneJob, all owned by it (deleting the job deletes them):
+    <name>-config-<attempt>     ConfigMap with trainer.json
+    <name>-preflight            CPU Job: `kubetune-train --validate-only` (no GPU requested)
+    <name>-train-<attempt>      GPU Job running the trainer (Indexed when nodes > 1)
+    <name>-train-<attempt>      headless Service for multi-node rendezvous (nodes > 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune_api.spec import API_GROUP, API_VERSION, KIND, FineTuneJobSpec
+from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig
+from kubetune_operator.settings import OperatorSettings
+
+JSON = dict[str, Any]
+
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_JOB = f"{API_GROUP}/finetunejob"
+LABEL_ATTEMPT = f"{API_GROUP}/attempt"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+CONFIG_DIR = "/etc/kubetune"
+CONFIG_FILE = "trainer.json"
+TERMINATION_LOG = "/dev/termination-log"
+RUN_AS = 65532
+RENDEZVOUS_PORT = 29500
+MAX_NAME = 63
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The FineTuneJob that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def child_name(owner: str, suffix: str) -> str:
+    """`<owner>-<suffix>`, shortened with a stable hash when it would exceed 63 characters."""
+    name = f"{owner}-{suffix}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = MAX_NAME - len(suffix) - len(digest) - 2
+    return f"{owner[:keep].rstrip('-.')}-{digest}-{suffix}"
+
+
+def config_map_name(owner: str, attempt: int) -> str:
+    return child_name(owner, f"config-{attempt}")
+
+
+def trainer_job_name(owner: str, attempt: int) -> str:
+    return child_name(owner, f"train-{attempt}")
+
+
+def preflight_job_name(owner: str) -> str:
+    return child_name(owner, "preflight")
+
+
+def labels(owner: Owner, component: str, attempt: int | None = None) -> dict[str, str]:
+    out = {
+        LABEL_PART_OF: "kubetune",
+        LABEL_MANAGED_BY: "kubetune-operator",
+        LABEL_COMPONENT: component,
+        LABEL_JOB: owner.name,
+    }
+    if attempt is not None:
+        out[LABEL_ATTEMPT] = str(attempt)
+    return out
+
+
+def owner_reference(owner: Owner) -> JSON:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(owner: Owner, name: str, component: str, attempt: int | None = None) -> JSON:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, component, attempt),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def pod_runtime(settings: OperatorSettings, attempt: int) -> RuntimeOptions:
+    """Where things live inside a trainer pod (matches the volumes below)."""
+    return RuntimeOptions(
+        cache_dir="/cache",
+        work_dir="/tmp",
+        metrics_port=settings.metrics_port,
+        metrics_host="0.0.0.0",
+        termination_message_path=TERMINATION_LOG,
+        progress_bar=False,
+        device="auto",
+        attempt=attempt,
+    )
+
+
+def config_map(owner: Owner, config: TrainerConfig, attempt: int) -> JSON:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, config_map_name(owner.name, attempt), "config", attempt),
+        "data": {CONFIG_FILE: config.to_json()},
+    }
+
+
+# -- pod pieces ---------------------------------------------------------------------------------
+
+
+def _credentials_env(spec: FineTuneJobSpec) -> list[JSON]:
+    """S3 credentials come only from the named Secret (or the pod's identity when none)."""
+    secret = spec.storage.credentials_secret
+    if not secret:
+        return []
+    keys = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
+        for key, optional in keys
+    ]
+
+
+def _restricted_container_security() -> JSON:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security() -> JSON:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _volumes(config_map: str, settings: OperatorSettings, shared_memory: bool) -> tuple[list[JSON], list[JSON]]:
+    volumes: list[JSON] = [
+        {"name": "config", "configMap": {"name": config_map}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {"sizeLimit": settings.cache_size_limit}},
+    ]
+    mounts: list[JSON] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": "/cache"},
+    ]
+    if shared_memory:  # NCCL and dataloader workers need more than the default 64 MiB /dev/shm
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def trainer_command(gpus: int, nodes: int, service: str | None) -> list[str]:
+    """Single process for one GPU (or CPU); `accelerate launch` for several GPUs or nodes."""
+    config = f"{CONFIG_DIR}/{CONFIG_FILE}"
+    if gpus <= 1 and nodes == 1:
+        return ["kubetune-train", "--config", config]
+    launch = ["accelerate", "launch", "--multi_gpu", f"--num_processes={max(1, gpus) * nodes}"]
+    if nodes > 1:
+        assert service is not None
+        launch += [
+            f"--num_machines={nodes}",
+            "--machine_rank=$(JOB_COMPLETION_INDEX)",
+            "--main_process_ip=$(KUBETUNE_RENDEZVOUS_HOST)",
+            f"--main_process_port={RENDEZVOUS_PORT}",
+        ]
+    return [*launch, "-m", "kubetune_trainer.cli", "--config", config]
+
+
+def _resources(spec: FineTuneJobSpec) -> JSON:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.resources.cpu:
+        requests["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        requests["memory"] = spec.resources.memory
+        limits["memory"] = spec.resources.memory
+    if spec.resources.gpus:
+        limits["nvidia.com/gpu"] = str(spec.resources.gpus)
+    out: JSON = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _job(
+    owner: Owner,
+    name: str,
+    component: str,
+    attempt: int | None,
+    pod: JSON,
+    *,
+    suspend: bool = False,
+    active_deadline_seconds: int | None = None,
+    extra_labels: dict[str, str] | None = None,
+    indexed_nodes: int = 1,
+) -> JSON:
+    meta = metadata(owner, name, component, attempt)
+    meta["labels"].update(extra_labels or {})
+    spec: JSON = {
+        # The operator counts attempts itself: it must tell user errors (never retried)
+        # from infrastructure errors (retried, resuming from a checkpoint).
+        "backoffLimit": 0,
+        "suspend": suspend,
+        "template": {"metadata": {"labels": labels(owner, component, attempt)}, "spec": pod},
+    }
+    if active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = active_deadline_seconds
+    if indexed_nodes > 1:
+        spec.update({"completionMode": "Indexed", "completions": indexed_nodes, "parallelism": indexed_nodes})
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+
+
+def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings, attempt: int) -> JSON:
+    nodes, gpus = spec.resources.nodes, spec.resources.gpus
+    name = trainer_job_name(owner.name, attempt)
+    service = name if nodes > 1 else None
+    volumes, mounts = _volumes(config_map_name(owner.name, attempt), settings, shared_memory=gpus > 0)
+    env: list[JSON] = [*_credentials_env(spec), {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)}]
+    if service is not None:
+        env.append({"name": "KUBETUNE_RENDEZVOUS_HOST", "value": f"{name}-0.{service}"})
+    container: JSON = {
+        "name": "trainer",
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": trainer_command(gpus, nodes, service),
+        "env": env,
+        "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "securityContext": _restricted_container_security(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: JSON = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        # Time for the SIGTERM checkpoint to reach S3 before the kubelet sends SIGKILL.
+        "terminationGracePeriodSeconds": 300,
+    }
+    if spec.resources.node_selector:
+        pod["nodeSelector"] = dict(spec.resources.node_selector)
+    if spec.resources.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.resources.tolerations]
+    if service is not None:
+        pod["subdomain"] = service
+    queue = {KUEUE_QUEUE_LABEL: spec.queue_name} if spec.queue_name else {}
+    return _job(
+        owner,
+        name,
+        "trainer",
+        attempt,
+        pod,
+        # Kueue admits a job by un-suspending it, so a queued job is created suspended.
+        suspend=spec.suspend or bool(spec.queue_name),
+        active_deadline_seconds=spec.active_deadline_seconds,
+        extra_labels=queue,
+        indexed_nodes=nodes,
+    )
+
+
+def headless_service(owner: Owner, attempt: int) -> JSON:
+    """Stable DNS names (<job>-<index>.<service>) for multi-node rendezvous."""
+    name = trainer_job_name(owner.name, attempt)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, name, "trainer", attempt),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": labels(owner, "trainer", attempt),
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def preflight_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> JSON:
+    """A CPU-only Job that validates every row and counts tokens: no GPU is requested."""
+    volumes, mounts = _volumes(config_map_name(owner.name, 1), settings, shared_memory=False)
+    container: JSON = {
+        "name": "preflight",
+        "image": settings.preflight_image_or_default,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["kubetune-train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--validate-only"],
+        "env": _credentials_env(spec),
+        "resources": {
+            "requests": {"cpu": settings.preflight_cpu, "memory": settings.preflight_memory},
+            "limits": {"memory": settings.preflight_memory},
+        },
+        "volumeMounts": mounts,
+        "securityContext": _restricted_container_security(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: JSON = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    return _job(owner, preflight_job_name(owner.name), "preflight", None, pod, active_deadline_seconds=3600)

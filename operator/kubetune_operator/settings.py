@@ -1,0 +1,38 @@
+"""Operator settings, from environment variables (the Helm chart sets them) with CLI overrides."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "KUBETUNE_"
+
+
+class OperatorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str | None = Field(default=None, description="Watch one namespace; None watches all.")
+    trainer_image: str = Field(default="ghcr.io/kubetune/trainer:0.1.0", description="Default trainer image.")
+    preflight_image: str | None = Field(
+        default=None, description="Image for the CPU preflight Job; defaults to the trainer image."
+    )
+    image_pull_policy: str = Field(default="IfNotPresent")
+    metrics_port: int = Field(default=9090, ge=1, le=65535, description="Trainer /metrics and /progress port.")
+    poll_interval_seconds: float = Field(default=15.0, gt=0, description="How often running jobs are polled.")
+    preflight_cpu: str = Field(default="1")
+    preflight_memory: str = Field(default="2Gi")
+    cache_size_limit: str = Field(default="200Gi", description="emptyDir limit for the trainer's model cache.")
+    max_checkpoints_in_status: int = Field(default=10, ge=1, le=100)
+
+    @property
+    def preflight_image_or_default(self) -> str:
+        return self.preflight_image or self.trainer_image
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        """KUBETUNE_TRAINER_IMAGE=... sets trainer_image, and so on for every field."""
+        env = os.environ if environ is None else environ
+        values = {name: env[ENV_PREFIX + name.upper()] for name in cls.model_fields if ENV_PREFIX + name.upper() in env}
+        return cls.model_validate(values)

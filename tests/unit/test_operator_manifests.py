@@ -1,0 +1,177 @@
+"""Pure builders: FineTuneJob spec -> ConfigMap, preflight Job, trainer Job, headless Service."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubetune_api.trainer_config import TrainerConfig, load_manifest, trainer_config_from_job
+from kubetune_operator.manifests import (
+    KUEUE_QUEUE_LABEL,
+    LABEL_JOB,
+    Owner,
+    child_name,
+    config_map,
+    headless_service,
+    pod_runtime,
+    preflight_job,
+    trainer_command,
+    trainer_job,
+)
+from kubetune_operator.settings import OperatorSettings
+
+OWNER = Owner(name="support-bot", namespace="team-a", uid="1234-uid")
+SETTINGS = OperatorSettings(trainer_image="registry.local/kubetune-trainer:1")
+
+
+def job(**spec_overrides: Any) -> Any:
+    spec: dict[str, Any] = {
+        "baseModel": {"uri": "s3://models/llama/"},
+        "dataset": {"train": "s3://data/train.jsonl"},
+        "output": {"uri": "s3://artifacts/run/"},
+        "storage": {"credentialsSecret": "s3-creds"},
+        "resources": {"gpus": 1},
+    }
+    spec.update(spec_overrides)
+    return load_manifest(
+        {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "support-bot"}, "spec": spec}
+    )
+
+
+def container(manifest: dict[str, Any]) -> dict[str, Any]:
+    return dict(manifest["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_child_names_fit_63_characters_and_are_stable() -> None:
+    long = "a" * 80
+    name = child_name(long, "train-12")
+    assert len(name) <= 63 and name.endswith("-train-12")
+    assert name == child_name(long, "train-12")
+    assert child_name("short", "preflight") == "short-preflight"
+
+
+def test_config_map_carries_the_trainer_config_for_the_pod() -> None:
+    ftj = job()
+    config = trainer_config_from_job(ftj, pod_runtime(SETTINGS, attempt=2))
+    cm = config_map(OWNER, config, attempt=2)
+    assert cm["metadata"]["name"] == "support-bot-config-2"
+    parsed = TrainerConfig.model_validate(json.loads(cm["data"]["trainer.json"]))
+    assert parsed.runtime.termination_message_path == "/dev/termination-log"
+    assert parsed.runtime.metrics_port == SETTINGS.metrics_port and parsed.runtime.attempt == 2
+    # The Secret's name may appear; its keys and values never do.
+    assert "AWS_SECRET_ACCESS_KEY" not in cm["data"]["trainer.json"]
+
+
+def test_every_child_is_owned_by_the_finetunejob() -> None:
+    for manifest in (trainer_job(OWNER, job().spec, SETTINGS, 1), preflight_job(OWNER, job().spec, SETTINGS)):
+        [ref] = manifest["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "support-bot",
+            "uid": "1234-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert manifest["metadata"]["labels"][LABEL_JOB] == "support-bot"
+
+
+def test_trainer_pod_meets_the_restricted_pod_security_standard() -> None:
+    manifest = trainer_job(OWNER, job().spec, SETTINGS, 1)
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container(manifest)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"] for m in container(manifest)["volumeMounts"]}
+    assert {"/etc/kubetune", "/tmp", "/cache", "/dev/shm"} <= mounts
+
+
+def test_credentials_come_only_from_the_secret() -> None:
+    env = container(trainer_job(OWNER, job().spec, SETTINGS, 1))["env"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+    assert refs["AWS_ACCESS_KEY_ID"] == {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID", "optional": False}
+    assert refs["AWS_SESSION_TOKEN"]["optional"] is True
+    assert all("value" not in e for e in env if e["name"].startswith("AWS_"))
+    no_secret = job(storage={})
+    assert not [e for e in container(trainer_job(OWNER, no_secret.spec, SETTINGS, 1))["env"] if "valueFrom" in e]
+
+
+def test_gpu_limits_node_selector_tolerations_and_image() -> None:
+    ftj = job(
+        resources={
+            "gpus": 4,
+            "memory": "64Gi",
+            "cpu": "8",
+            "nodeSelector": {"gpu": "h100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+        image="registry.local/custom:2",
+    )
+    manifest = trainer_job(OWNER, ftj.spec, SETTINGS, 1)
+    pod, c = manifest["spec"]["template"]["spec"], container(manifest)
+    assert c["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "4"}
+    assert c["resources"]["requests"] == {"cpu": "8", "memory": "64Gi"}
+    assert pod["nodeSelector"] == {"gpu": "h100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert c["image"] == "registry.local/custom:2"
+    assert c["command"][:3] == ["accelerate", "launch", "--multi_gpu"] and "--num_processes=4" in c["command"]
+
+
+def test_single_gpu_runs_the_trainer_directly_and_operator_owns_retries() -> None:
+    manifest = trainer_job(OWNER, job().spec, SETTINGS, 3)
+    assert container(manifest)["command"] == ["kubetune-train", "--config", "/etc/kubetune/trainer.json"]
+    assert manifest["spec"]["backoffLimit"] == 0
+    assert manifest["spec"]["activeDeadlineSeconds"] == 86_400
+    assert manifest["metadata"]["name"] == "support-bot-train-3"
+    assert "completionMode" not in manifest["spec"]
+
+
+def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
+    ftj = job(resources={"gpus": 8, "nodes": 2})
+    manifest = trainer_job(OWNER, ftj.spec, SETTINGS, 1)
+    spec = manifest["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["template"]["spec"]["subdomain"] == "support-bot-train-1"
+    command = container(manifest)["command"]
+    assert "--num_processes=16" in command and "--num_machines=2" in command
+    assert "--machine_rank=$(JOB_COMPLETION_INDEX)" in command
+    env = {e["name"]: e.get("value") for e in container(manifest)["env"]}
+    assert env["KUBETUNE_RENDEZVOUS_HOST"] == "support-bot-train-1-0.support-bot-train-1"
+    service = headless_service(OWNER, 1)
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == spec["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize(
+    ("suspend", "queue", "created_suspended"), [(False, None, False), (True, None, True), (False, "gpu-queue", True)]
+)
+def test_suspend_and_kueue_queue(suspend: bool, queue: str | None, created_suspended: bool) -> None:
+    ftj = job(suspend=suspend, **({"queueName": queue} if queue else {}))
+    manifest = trainer_job(OWNER, ftj.spec, SETTINGS, 1)
+    assert manifest["spec"]["suspend"] is created_suspended
+    assert manifest["metadata"]["labels"].get(KUEUE_QUEUE_LABEL) == queue
+
+
+def test_preflight_requests_no_gpu_and_validates_only() -> None:
+    manifest = preflight_job(OWNER, job(resources={"gpus": 8}).spec, SETTINGS)
+    c = container(manifest)
+    assert "nvidia.com/gpu" not in json.dumps(c["resources"])
+    assert c["command"][-1] == "--validate-only"
+    assert manifest["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_trainer_command_shapes() -> None:
+    assert trainer_command(0, 1, None)[0] == "kubetune-train"
+    assert trainer_command(1, 1, None)[0] == "kubetune-train"
+    assert "--num_processes=2" in trainer_command(2, 1, None)
+
+
+def test_settings_from_env() -> None:
+    settings = OperatorSettings.from_env({"KUBETUNE_TRAINER_IMAGE": "x:1", "KUBETUNE_POLL_INTERVAL_SECONDS": "5"})
+    assert settings.trainer_image == "x:1" and settings.poll_interval_seconds == 5.0
+    assert settings.preflight_image_or_default == "x:1"
