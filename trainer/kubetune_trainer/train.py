@@ -56,7 +56,8 @@ def build_optimizer(model: torch.nn.Module, training: TrainingSpec, device_type:
         params,
         lr=training.learning_rate,
         weight_decay=training.weight_decay,
-        fused=device_type == "cuda",
+        # Fused kernels exist for CUDA and (torch >= 2.4) CPU: one kernel instead of ~10 per tensor.
+        fused=device_type in ("cuda", "cpu"),
     )
 
 
