@@ -36,7 +36,8 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check api operator trainer tests bench examples
 
 typecheck: $(VENV)/.dev-installed
-	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator bench/train_throughput.py
+	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator
+	$(BIN)/mypy bench/train_throughput.py
 
 crds: $(BIN)/python
 	PYTHONPATH=api $(BIN)/python -m kubetune_api.crd > crds/kubetune.io_finetunejobs.yaml
