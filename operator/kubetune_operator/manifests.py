@@ -175,6 +175,27 @@ def _volumes(config_map: str, settings: OperatorSettings, shared_memory: bool) -
     return volumes, mounts
 
 
+def _pod(container: JSON, volumes: list[JSON]) -> JSON:
+    """A run-once pod that meets the restricted Pod Security Standard and holds no API token.
+
+    The container gets the restricted security context and reports through the
+    termination-message file (falling back to its log tail if it dies before writing one).
+    """
+    container = {
+        **container,
+        "securityContext": _restricted_container_security(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+
+
 def trainer_command(gpus: int, nodes: int, service: str | None) -> list[str]:
     """Single process for one GPU (or CPU); `accelerate launch` for several GPUs or nodes."""
     config = f"{CONFIG_DIR}/{CONFIG_FILE}"
@@ -255,19 +276,10 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings,
         "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],
         "resources": _resources(spec),
         "volumeMounts": mounts,
-        "securityContext": _restricted_container_security(),
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pod: JSON = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": _pod_security(),
-        "containers": [container],
-        "volumes": volumes,
-        # Time for the SIGTERM checkpoint to reach S3 before the kubelet sends SIGKILL.
-        "terminationGracePeriodSeconds": 300,
-    }
+    pod = _pod(container, volumes)
+    # Time for the SIGTERM checkpoint to reach S3 before the kubelet sends SIGKILL.
+    pod["terminationGracePeriodSeconds"] = 300
     if spec.resources.node_selector:
         pod["nodeSelector"] = dict(spec.resources.node_selector)
     if spec.resources.tolerations:
@@ -319,15 +331,6 @@ def preflight_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSetting
             "limits": {"memory": settings.preflight_memory},
         },
         "volumeMounts": mounts,
-        "securityContext": _restricted_container_security(),
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pod: JSON = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": _pod_security(),
-        "containers": [container],
-        "volumes": volumes,
-    }
+    pod = _pod(container, volumes)
     return _job(owner, preflight_job_name(owner.name), "preflight", None, pod, active_deadline_seconds=3600)
