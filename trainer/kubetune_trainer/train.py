@@ -97,14 +97,17 @@ def _windows(micro_batches: list[list[int]], start: int, size: int) -> list[tupl
 
 
 def _one_step(ctx: TrainContext, window: list[list[int]]) -> tuple[float, int]:
-    """Forward/backward over the micro-batches of one optimizer step. Returns (loss, tokens)."""
+    """Forward/backward over the micro-batches of one optimizer step.
+
+    Returns the step's loss (mean per trainable token) and its tokens, both over all ranks."""
     acc, model = ctx.accelerator, ctx.model
     batches = [
         collate([ctx.sequences[i] for i in mb], ctx.pad_id, 8 if acc.device.type == "cuda" else 1) for mb in window
     ]
     local_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
     items = acc.reduce(torch.tensor(local_items, device=acc.device), reduction="sum")
-    tokens = sum(len(ctx.sequences[i]) for mb in window for i in mb)
+    local_tokens = sum(len(ctx.sequences[i]) for mb in window for i in mb)
+    tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum"))
     step_loss = torch.zeros((), device=acc.device)
     for micro, batch in enumerate(batches):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
@@ -166,10 +169,10 @@ def train(ctx: TrainContext, state: TrainState) -> TrainState:
                     "training.maxSeqLength, or enable training.gradientCheckpointing"
                 ) from exc
             elapsed = time.perf_counter() - started
-            meter.add(elapsed, tokens * acc.num_processes)
+            meter.add(elapsed, tokens)
             state.step += 1
             state.micro_batch = next_position
-            state.trained_tokens += tokens * acc.num_processes
+            state.trained_tokens += tokens
             state.elapsed_seconds += elapsed
             lr = float(ctx.scheduler.get_last_lr()[0])
             if state.step % training.log_every_steps == 0 or state.step == plan.total_steps:
@@ -186,7 +189,7 @@ def train(ctx: TrainContext, state: TrainState) -> TrainState:
                 tokens_per_second=round(meter.tokens_per_second or 0.0, 1),
                 trained_tokens=state.trained_tokens,
                 eta_seconds=round(seconds_per_step * (plan.total_steps - state.step), 1),
-                new_tokens=tokens * acc.num_processes,
+                new_tokens=tokens,
             )
             _gpu_memory(ctx)
             if ctx.on_step is not None:
