@@ -90,13 +90,22 @@ def load_config(path: Path) -> TrainerConfig:
         ) from exc
 
 
-def write_termination_message(path: str | None, summary: Summary) -> None:
+def write_termination_message(path: str | None, text: str) -> None:
     if not path:
         return
     try:
-        Path(path).write_text(summary.to_json(TERMINATION_MESSAGE_LIMIT))
+        Path(path).write_text(text[:TERMINATION_MESSAGE_LIMIT])
     except OSError as exc:  # never let reporting hide the real outcome
         log.warning("cannot write termination message to %s: %s", path, exc)
+
+
+def report_failure(job: str, exc: KubetuneError, started: float, termination_message_path: str | None) -> int:
+    """Log the error, leave the failure summary where the operator and the user look, return the exit code."""
+    log.error("%s", exc.describe())
+    failed = failure_summary(job, exc, started)
+    write_termination_message(termination_message_path, failed.to_json(TERMINATION_MESSAGE_LIMIT))
+    print(failed.to_json(), file=sys.stderr)
+    return exc.exit_code
 
 
 def train_from_config(config: TrainerConfig, reporter: ProgressReporter) -> tuple[Summary, int]:
@@ -117,14 +126,9 @@ def preflight(config: TrainerConfig) -> int:
     try:
         report = validate_dataset(config)
     except KubetuneError as exc:
-        log.error("%s", exc.describe())
-        failed = failure_summary(config.job_name, exc, started)
-        write_termination_message(config.runtime.termination_message_path, failed)
-        print(failed.to_json(), file=sys.stderr)
-        return exc.exit_code
+        return report_failure(config.job_name, exc, started, config.runtime.termination_message_path)
     text = json.dumps({"status": "Validated", **report}, separators=(",", ":"))
-    if config.runtime.termination_message_path:
-        Path(config.runtime.termination_message_path).write_text(text[:TERMINATION_MESSAGE_LIMIT])
+    write_termination_message(config.runtime.termination_message_path, text)
     print(text, flush=True)
     return 0
 
@@ -143,11 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except KubetuneError as exc:
-        log.error("%s", exc.describe())
-        failed = failure_summary(args.config.stem, exc, time.time())
-        write_termination_message(getattr(exc, "termination_message_path", None), failed)
-        print(failed.to_json(), file=sys.stderr)
-        return exc.exit_code
+        return report_failure(args.config.stem, exc, time.time(), getattr(exc, "termination_message_path", None))
 
     if args.validate_only:
         return preflight(config)
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         summary, code = train_from_config(config, reporter)
     finally:
         reporter.close()
-    write_termination_message(config.runtime.termination_message_path, summary)
+    write_termination_message(config.runtime.termination_message_path, summary.to_json(TERMINATION_MESSAGE_LIMIT))
     print(summary.to_json(), flush=True)
     return code
 

@@ -105,9 +105,10 @@ def _one_step(ctx: TrainContext, window: list[list[int]]) -> tuple[float, int]:
         collate([ctx.sequences[i] for i in mb], ctx.pad_id, 8 if acc.device.type == "cuda" else 1) for mb in window
     ]
     local_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-    items = acc.reduce(torch.tensor(local_items, device=acc.device), reduction="sum")
     local_tokens = sum(len(ctx.sequences[i]) for mb in window for i in mb)
-    tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum"))
+    # One all-reduce per step for both counts (trainable tokens for the loss, all tokens for throughput).
+    totals = acc.reduce(torch.tensor([local_items, local_tokens], device=acc.device), reduction="sum")
+    items, tokens = totals[0], int(totals[1])
     step_loss = torch.zeros((), device=acc.device)
     for micro, batch in enumerate(batches):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
