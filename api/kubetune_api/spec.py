@@ -270,6 +270,14 @@ class ResourcesSpec(_Model):
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for GPU node taints.")
 
 
+class PreflightSpec(_Model):
+    enabled: bool = Field(
+        default=True,
+        description="Run a CPU-only Job that validates every row, counts tokens and plans the steps "
+        "before any GPU is requested. Disable only for data that has already passed.",
+    )
+
+
 class FineTuneJobSpec(_Model):
     base_model: BaseModelSpec = Field(description="The model to adapt.")
     dataset: DatasetSpec = Field(description="Training and validation data.")
@@ -280,6 +288,7 @@ class FineTuneJobSpec(_Model):
     storage: StorageSpec = Field(default_factory=StorageSpec, description="How to reach S3.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the trainer.")
     image: str | None = Field(default=None, max_length=512, description="Trainer image; default from the operator.")
+    preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="Data checks before the GPU Job.")
     suspend: bool = Field(default=False, description="Create the trainer Job suspended; set false to start.")
     queue_name: str | None = Field(
         default=None, max_length=253, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name)."

@@ -16,8 +16,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune_api.spec import API_GROUP, API_VERSION, KIND, FineTuneJobSpec
-from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig
+from kubetune_api.spec import API_GROUP, API_VERSION, KIND, FineTuneJob, FineTuneJobSpec
+from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, trainer_config_from_job
 from kubetune_operator.settings import OperatorSettings
 
 JSON = dict[str, Any]
@@ -34,6 +34,8 @@ CONFIG_FILE = "trainer.json"
 TERMINATION_LOG = "/dev/termination-log"
 RUN_AS = 65532
 RENDEZVOUS_PORT = 29500
+PVC_SCHEME = "pvc://"
+PVC_ROOT = "/mnt/pvc"
 MAX_NAME = 63
 
 
@@ -158,7 +160,20 @@ def _pod_security() -> JSON:
     }
 
 
-def _volumes(config_map: str, settings: OperatorSettings, shared_memory: bool) -> tuple[list[JSON], list[JSON]]:
+def pvc_claims(spec: FineTuneJobSpec) -> dict[str, bool]:
+    """PersistentVolumeClaims named by pvc:// URIs -> whether the trainer writes to them."""
+    inputs = [spec.base_model.uri, spec.dataset.train, spec.dataset.validation or ""]
+    claims: dict[str, bool] = {}
+    for uri, writes in [*((u, False) for u in inputs), (spec.output.uri, True)]:
+        if uri.startswith(PVC_SCHEME):
+            claim = uri[len(PVC_SCHEME) :].split("/", 1)[0]
+            claims[claim] = claims.get(claim, False) or writes
+    return claims
+
+
+def _volumes(
+    config_map: str, settings: OperatorSettings, shared_memory: bool, claims: dict[str, bool] | None = None
+) -> tuple[list[JSON], list[JSON]]:
     volumes: list[JSON] = [
         {"name": "config", "configMap": {"name": config_map}},
         {"name": "tmp", "emptyDir": {}},
@@ -169,6 +184,10 @@ def _volumes(config_map: str, settings: OperatorSettings, shared_memory: bool) -
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "cache", "mountPath": "/cache"},
     ]
+    for index, (claim, writes) in enumerate(sorted((claims or {}).items())):
+        # The trainer resolves pvc://<claim>/<path> to $KUBETUNE_PVC_ROOT/<claim>/<path>.
+        volumes.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writes}})
+        mounts.append({"name": f"pvc-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writes})
     if shared_memory:  # NCCL and dataloader workers need more than the default 64 MiB /dev/shm
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -259,11 +278,21 @@ def _job(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
-def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings, attempt: int) -> JSON:
+def trainer_job(
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    settings: OperatorSettings,
+    attempt: int,
+    active_deadline_seconds: int | None = None,
+) -> JSON:
+    """The GPU Job of one attempt. `active_deadline_seconds` is what is left of the job's
+    deadline (retries must not restart the clock); it defaults to the whole deadline."""
     nodes, gpus = spec.resources.nodes, spec.resources.gpus
     name = trainer_job_name(owner.name, attempt)
     service = name if nodes > 1 else None
-    volumes, mounts = _volumes(config_map_name(owner.name, attempt), settings, shared_memory=gpus > 0)
+    volumes, mounts = _volumes(
+        config_map_name(owner.name, attempt), settings, shared_memory=gpus > 0, claims=pvc_claims(spec)
+    )
     env: list[JSON] = [*_credentials_env(spec), {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)}]
     if service is not None:
         env.append({"name": "KUBETUNE_RENDEZVOUS_HOST", "value": f"{name}-0.{service}"})
@@ -295,7 +324,7 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings,
         pod,
         # Kueue admits a job by un-suspending it, so a queued job is created suspended.
         suspend=spec.suspend or bool(spec.queue_name),
-        active_deadline_seconds=spec.active_deadline_seconds,
+        active_deadline_seconds=active_deadline_seconds or spec.active_deadline_seconds,
         extra_labels=queue,
         indexed_nodes=nodes,
     )
@@ -319,12 +348,21 @@ def headless_service(owner: Owner, attempt: int) -> JSON:
 
 def preflight_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> JSON:
     """A CPU-only Job that validates every row and counts tokens: no GPU is requested."""
-    volumes, mounts = _volumes(config_map_name(owner.name, 1), settings, shared_memory=False)
+    volumes, mounts = _volumes(config_map_name(owner.name, 1), settings, shared_memory=False, claims=pvc_claims(spec))
     container: JSON = {
         "name": "preflight",
         "image": settings.preflight_image_or_default,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["kubetune-train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--validate-only"],
+        "command": [
+            "kubetune-train",
+            "--config",
+            f"{CONFIG_DIR}/{CONFIG_FILE}",
+            "--validate-only",
+            # Plan for where training will run, not for this CPU pod.
+            "--plan-for",
+            "cuda" if spec.resources.gpus > 0 else "cpu",
+            f"--world-size={max(1, spec.resources.gpus) * spec.resources.nodes}",
+        ],
         "env": _credentials_env(spec),
         "resources": {
             "requests": {"cpu": settings.preflight_cpu, "memory": settings.preflight_memory},
@@ -334,3 +372,36 @@ def preflight_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSetting
     }
     pod = _pod(container, volumes)
     return _job(owner, preflight_job_name(owner.name), "preflight", None, pod, active_deadline_seconds=3600)
+
+
+# -- what one reconcile step creates ---------------------------------------------------------------
+
+
+def trainer_config(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings, attempt: int) -> TrainerConfig:
+    job = FineTuneJob.model_validate(
+        {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "metadata": {"name": owner.name, "namespace": owner.namespace},
+            "spec": spec.model_dump(by_alias=True, mode="json", exclude_none=True),
+        },
+        by_alias=True,
+        by_name=False,
+    )
+    return trainer_config_from_job(job, pod_runtime(settings, attempt))
+
+
+def preflight_objects(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[JSON]:
+    """The first attempt's ConfigMap (the preflight reads the same trainer.json) and the preflight Job."""
+    return [config_map(owner, trainer_config(owner, spec, settings, 1), 1), preflight_job(owner, spec, settings)]
+
+
+def attempt_objects(
+    owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings, attempt: int, deadline_seconds: int | None
+) -> list[JSON]:
+    """ConfigMap, headless Service (multi-node) and Job of one attempt, in creation order."""
+    objects = [config_map(owner, trainer_config(owner, spec, settings, attempt), attempt)]
+    if spec.resources.nodes > 1:
+        objects.append(headless_service(owner, attempt))
+    objects.append(trainer_job(owner, spec, settings, attempt, deadline_seconds))
+    return objects

@@ -25,6 +25,12 @@ class OperatorSettings(BaseModel):
     preflight_memory: str = Field(default="2Gi")
     cache_size_limit: str = Field(default="200Gi", description="emptyDir limit for the trainer's model cache.")
     max_checkpoints_in_status: int = Field(default=10, ge=1, le=100)
+    gpu_memory_gib: float = Field(
+        default=80.0, gt=0, description="GPU memory the preflight's memory estimate is compared with."
+    )
+    progress_timeout_seconds: float = Field(default=3.0, gt=0, description="Timeout of one /progress request.")
+    health_port: int = Field(default=8080, ge=1, le=65535, description="Operator /healthz, /readyz and /metrics.")
+    api_workers: int = Field(default=16, ge=1, le=256, description="Threads for Kubernetes API calls.")
 
     @property
     def preflight_image_or_default(self) -> str:

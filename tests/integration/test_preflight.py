@@ -11,7 +11,7 @@ from conftest import trainer_config, write_jsonl
 from kubetune_trainer import cli
 
 
-def run_preflight(tmp_path: Path, model_dir: Path, train: Path) -> tuple[int, Path]:
+def run_preflight(tmp_path: Path, model_dir: Path, train: Path, *extra: str) -> tuple[int, Path]:
     config = trainer_config(
         str(model_dir),
         str(train),
@@ -21,7 +21,7 @@ def run_preflight(tmp_path: Path, model_dir: Path, train: Path) -> tuple[int, Pa
     )
     path = tmp_path / "trainer.json"
     path.write_text(json.dumps(config))
-    return cli.main(["--config", str(path), "--validate-only"]), tmp_path / "term"
+    return cli.main(["--config", str(path), "--validate-only", *extra]), tmp_path / "term"
 
 
 def test_preflight_reports_rows_tokens_and_steps_without_weights(
@@ -37,6 +37,25 @@ def test_preflight_reports_rows_tokens_and_steps_without_weights(
     assert report["plan"]["total_steps"] > 0
     assert len(term.read_bytes()) <= 4096
     assert not (tmp_path / "out").exists(), "preflight must not write to the output"
+
+
+def test_preflight_plans_for_the_training_gpus_and_estimates_memory(
+    tmp_path: Path, tiny_model_dir: Path, numbers_path: Path
+) -> None:
+    """The preflight pod has no GPU; it plans for the GPUs the trainer will get."""
+    code, term = run_preflight(tmp_path, tiny_model_dir, numbers_path, "--plan-for", "cuda", "--world-size=2")
+    assert code == 0
+    report = json.loads(term.read_text())
+    cpu_code, cpu_term = run_preflight(tmp_path, tiny_model_dir, numbers_path)
+    cpu_report = json.loads(cpu_term.read_text())
+    assert cpu_code == 0 and "memory" not in cpu_report
+    memory = report["memory"]
+    assert memory["total_bytes"] == sum(
+        memory[k]
+        for k in ("weights_bytes", "lora_training_bytes", "activation_bytes", "logits_bytes", "overhead_bytes")
+    )
+    # two ranks share the rows: fewer steps than one CPU process with the same batch size
+    assert report["plan"]["total_steps"] <= cpu_report["plan"]["total_steps"]
 
 
 def test_preflight_fails_a_bad_dataset_with_a_user_error(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -12,11 +12,13 @@ from kubetune_operator.manifests import (
     KUEUE_QUEUE_LABEL,
     LABEL_JOB,
     Owner,
+    attempt_objects,
     child_name,
     config_map,
     headless_service,
     pod_runtime,
     preflight_job,
+    preflight_objects,
     trainer_command,
     trainer_job,
 )
@@ -161,7 +163,10 @@ def test_preflight_requests_no_gpu_and_validates_only() -> None:
     manifest = preflight_job(OWNER, job(resources={"gpus": 8}).spec, SETTINGS)
     c = container(manifest)
     assert "nvidia.com/gpu" not in json.dumps(c["resources"])
-    assert c["command"][-1] == "--validate-only"
+    assert "--validate-only" in c["command"]
+    # The plan (auto batch size, steps, memory) is for the 8 GPUs training will use, not this pod.
+    assert c["command"][c["command"].index("--plan-for") + 1] == "cuda"
+    assert "--world-size=8" in c["command"]
     assert manifest["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
@@ -175,3 +180,34 @@ def test_settings_from_env() -> None:
     settings = OperatorSettings.from_env({"KUBETUNE_TRAINER_IMAGE": "x:1", "KUBETUNE_POLL_INTERVAL_SECONDS": "5"})
     assert settings.trainer_image == "x:1" and settings.poll_interval_seconds == 5.0
     assert settings.preflight_image_or_default == "x:1"
+
+
+def test_pvc_uris_mount_their_claims_read_only_unless_written() -> None:
+    ftj = job(
+        baseModel={"uri": "pvc://models/llama/"},
+        dataset={"train": "pvc://data/train.jsonl"},
+        output={"uri": "pvc://data/out/"},
+    )
+    spec = trainer_job(OWNER, ftj.spec, SETTINGS, 1)["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v for v in spec["volumes"] if "persistentVolumeClaim" in v}
+    assert claims["models"]["persistentVolumeClaim"]["readOnly"] is True
+    assert claims["data"]["persistentVolumeClaim"]["readOnly"] is False  # the output goes there
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["/mnt/pvc/models"]["readOnly"] is True and mounts["/mnt/pvc/data"]["readOnly"] is False
+
+
+def test_attempt_objects_are_config_then_job_and_carry_the_remaining_deadline() -> None:
+    objects = attempt_objects(OWNER, job().spec, SETTINGS, attempt=3, deadline_seconds=1200)
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Job"]
+    assert objects[1]["metadata"]["name"] == "support-bot-train-3"
+    assert objects[1]["spec"]["activeDeadlineSeconds"] == 1200
+    config = json.loads(objects[0]["data"]["trainer.json"])
+    assert config["runtime"]["attempt"] == 3 and config["job_name"] == "support-bot"
+    multi = attempt_objects(OWNER, job(resources={"gpus": 8, "nodes": 2}).spec, SETTINGS, 1, None)
+    assert [o["kind"] for o in multi] == ["ConfigMap", "Service", "Job"]
+
+
+def test_preflight_objects_share_the_first_attempts_config() -> None:
+    config, preflight = preflight_objects(OWNER, job().spec, SETTINGS)
+    volume = next(v for v in preflight["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+    assert volume["configMap"]["name"] == config["metadata"]["name"] == "support-bot-config-1"

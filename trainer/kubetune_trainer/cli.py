@@ -118,13 +118,13 @@ def train_from_config(config: TrainerConfig, reporter: ProgressReporter) -> tupl
         return failure_summary(config.job_name, exc, started), exc.exit_code
 
 
-def preflight(config: TrainerConfig) -> int:
+def preflight(config: TrainerConfig, plan_device: str | None = None, world_size: int = 1) -> int:
     """Print the validation report; it is also the termination message the operator reads."""
     from kubetune_trainer.preflight import validate_dataset
 
     started = time.time()
     try:
-        report = validate_dataset(config)
+        report = validate_dataset(config, plan_device, world_size)
     except KubetuneError as exc:
         return report_failure(config.job_name, exc, started, config.runtime.termination_message_path)
     text = json.dumps({"status": "Validated", **report}, separators=(",", ":"))
@@ -142,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="preflight: check the data and plan the steps without loading weights or training",
     )
+    parser.add_argument(
+        "--plan-for",
+        choices=("cpu", "cuda"),
+        help="with --validate-only: plan batch size, steps and memory for this device (default: the config's)",
+    )
+    parser.add_argument("--world-size", type=int, default=1, help="with --validate-only: training processes")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_failure(args.config.stem, exc, time.time(), getattr(exc, "termination_message_path", None))
 
     if args.validate_only:
-        return preflight(config)
+        return preflight(config, args.plan_for, args.world_size)
 
     reporter = ProgressReporter(config.job_name, config.namespace)
     if config.runtime.metrics_port is not None:

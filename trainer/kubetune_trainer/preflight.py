@@ -7,13 +7,98 @@ counts tokens, truncation and packing, and plans the steps.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from kubetune_api.spec import ALL_LINEAR, LoRASpec, Precision, TrainingSpec
 from kubetune_api.trainer_config import TrainerConfig
 
+GIB = 2**30
+# Activation bytes per token, per hidden unit, per layer, for a transformer block in 16-bit
+# without recomputation (Korthikanti et al., "Reducing Activation Recomputation in Large
+# Transformer Models", 2022: 34·s·b·h, attention scores excluded as SDPA/flash never keep them).
+ACTIVATION_BYTES_PER_TOKEN_HIDDEN = 34
+CUDA_OVERHEAD_BYTES = 1 * GIB  # context, cuBLAS workspace, allocator slack
 
-def validate_dataset(config: TrainerConfig) -> dict[str, Any]:
-    """Everything a preflight can know without a GPU: row checks, tokens, steps."""
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak GPU memory of one training rank, in bytes (an estimate: expect ±30 %)."""
+
+    model_parameters: int
+    lora_parameters: int
+    weights_bytes: int
+    lora_training_bytes: int
+    activation_bytes: int
+    logits_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+
+
+def _linear_shapes(model_config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear layer in one decoder block (Llama/Qwen/Mistral shape)."""
+    hidden = int(model_config["hidden_size"])
+    heads = int(model_config["num_attention_heads"])
+    kv_heads = int(model_config.get("num_key_value_heads") or heads)
+    head_dim = int(model_config.get("head_dim") or hidden // heads)
+    inter = int(model_config["intermediate_size"])
+    return {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv_heads * head_dim),
+        "v_proj": (hidden, kv_heads * head_dim),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }
+
+
+def estimate_memory(
+    model_config: dict[str, Any], training: TrainingSpec, lora: LoRASpec, batch_size: int
+) -> MemoryEstimate:
+    """Weights + LoRA training state + activations + logits for one micro-batch on one GPU.
+
+    Pure arithmetic on config.json, so the preflight can warn before a GPU is requested.
+    """
+    hidden, layers = int(model_config["hidden_size"]), int(model_config["num_hidden_layers"])
+    vocab = int(model_config["vocab_size"])
+    shapes = _linear_shapes(model_config)
+    block = sum(i * o for i, o in shapes.values()) + 2 * hidden
+    embeddings = vocab * hidden * (1 if model_config.get("tie_word_embeddings") else 2)
+    params = layers * block + embeddings + hidden
+    targets = shapes.keys() if ALL_LINEAR in lora.target_modules else set(lora.target_modules) & shapes.keys()
+    lora_params = layers * sum(lora.r * (shapes[name][0] + shapes[name][1]) for name in targets)
+
+    weight_bytes = 4 if training.precision == Precision.FP32 else 2
+    tokens = batch_size * training.max_seq_length
+    per_layer = ACTIVATION_BYTES_PER_TOKEN_HIDDEN * tokens * hidden
+    # With checkpointing only each layer's input is kept, plus one layer being recomputed.
+    saved_inputs = layers * 2 * tokens * hidden + per_layer
+    activations = saved_inputs if training.gradient_checkpointing else layers * per_layer
+    logits = 2 * tokens * vocab * 4  # fp32 logits and their gradient
+    weights = params * weight_bytes
+    lora_state = lora_params * 16  # fp32 weight, gradient and two AdamW moments
+    total = weights + lora_state + activations + logits + CUDA_OVERHEAD_BYTES
+    return MemoryEstimate(
+        model_parameters=params,
+        lora_parameters=lora_params,
+        weights_bytes=weights,
+        lora_training_bytes=lora_state,
+        activation_bytes=activations,
+        logits_bytes=logits,
+        overhead_bytes=CUDA_OVERHEAD_BYTES,
+        total_bytes=total,
+    )
+
+
+def validate_dataset(config: TrainerConfig, plan_device: str | None = None, world_size: int = 1) -> dict[str, Any]:
+    """Everything a preflight can know without a GPU: row checks, tokens, steps, memory.
+
+    `plan_device` is where training will run (the preflight itself runs on a CPU node), so
+    `batchSize: auto` and the step count match the real run.
+    """
     from kubetune_trainer.encode import Encoder
     from kubetune_trainer.modeling import TOKENIZER_FILES, check_seq_length, load_tokenizer
     from kubetune_trainer.prepare import plan, prepare
@@ -27,6 +112,11 @@ def validate_dataset(config: TrainerConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_dir)
     encoder = Encoder(tokenizer, config.training.max_seq_length, config.training.completion_only_loss)
     data = prepare(config.dataset, config.training, encoder, train_path, val_path)
-    device = "cuda" if config.runtime.device == "cuda" else "cpu"
-    steps = plan(config.training, data.stats, device)
-    return {"job": config.job_name, "data": data.stats.as_dict(), "plan": steps.__dict__}
+    device = plan_device or ("cuda" if config.runtime.device == "cuda" else "cpu")
+    steps = plan(config.training, data.stats, device, world_size)
+    report: dict[str, Any] = {"job": config.job_name, "data": data.stats.as_dict(), "plan": steps.__dict__}
+    model_config = json.loads((Path(model_dir) / "config.json").read_text())
+    if device == "cuda" and "hidden_size" in model_config:
+        estimate = estimate_memory(model_config, config.training, config.lora, steps.batch_size)
+        report["memory"] = asdict(estimate)
+    return report

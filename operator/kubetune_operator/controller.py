@@ -1,0 +1,181 @@
+"""Applies reconcile plans: the thin, effectful half of the operator.
+
+One `Controller` serves every FineTuneJob. Each job has a kopf daemon that loops:
+observe (indices + /progress) -> decide (pure) -> apply (API calls) -> wait for a wakeup
+(a child or the job changed) or the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import aiohttp
+
+from kubetune_api.spec import FineTuneJobSpec
+from kubetune_operator import manifests
+from kubetune_operator.kube import Kube
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.reconcile import Plan, Snapshot, accepted_spec, decide, merge_patch, parse_time, progress_url
+from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.status import Phase
+from kubetune_operator.views import JobView, PodView
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+Key = tuple[str, str]
+PostEvent = Callable[[str, str, str], None]
+ERROR_BACKOFF_SECONDS = 5.0
+
+
+class Controller:
+    def __init__(self, settings: OperatorSettings, kube: Kube, metrics: OperatorMetrics) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.metrics = metrics
+        self.http: aiohttp.ClientSession | None = None
+        self._wakeups: dict[Key, asyncio.Event] = {}
+        # The status this process last wrote, per job. The operator is the only writer of
+        # status, and the watch stream may lag behind our own patch: deciding from the
+        # stale copy would repeat Events. A restarted operator starts from the API's copy.
+        self._written: dict[Key, JSON] = {}
+        self._generations: dict[Key, int] = {}
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.settings.progress_timeout_seconds)
+        self.http = aiohttp.ClientSession(timeout=timeout)
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        self.kube.close()
+
+    # -- wakeups -------------------------------------------------------------------------------
+
+    def wake(self, key: Key) -> None:
+        event = self._wakeups.get(key)
+        if event is not None:
+            event.set()
+
+    def spec_changed(self, key: Key, generation: int) -> None:
+        """Wake a job's loop when its spec (generation) moved, not on our own status writes."""
+        if self._generations.get(key) != generation:
+            self.wake(key)
+
+    async def sleep(self, key: Key, timeout: float | None, stopped: Any) -> None:
+        """Until woken, stopped, or `timeout` seconds (None: until woken or stopped)."""
+        event = self._wakeups.setdefault(key, asyncio.Event())
+        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            event.clear()
+
+    def forget(self, key: Key) -> None:
+        self._wakeups.pop(key, None)
+        self._written.pop(key, None)
+        self._generations.pop(key, None)
+        self.metrics.forget(key)
+
+    # -- one reconcile -------------------------------------------------------------------------
+
+    async def reconcile(
+        self, body: JSON, jobs: Iterable[JobView], pods: Iterable[PodView], post_event: PostEvent
+    ) -> float | None:
+        """Observe, decide, apply. Returns seconds until the next look (None: only on a wakeup)."""
+        meta = body.get("metadata") or {}
+        key: Key = (meta.get("namespace") or "", meta["name"])
+        started = time.perf_counter()
+        try:
+            status = copy.deepcopy(self._written.get(key) or dict(body.get("status") or {}))
+            pod_views = tuple(pods)
+            snapshot = Snapshot(
+                name=key[1],
+                namespace=key[0],
+                generation=int(meta.get("generation") or 1),
+                spec=copy.deepcopy(dict(body.get("spec") or {})),
+                status=status,
+                jobs=tuple(jobs),
+                pods=pod_views,
+                progress=await self._progress(progress_url(status, pod_views)),
+            )
+            plan = decide(snapshot, self.settings)
+            await self._apply(key, meta, status, plan, post_event)
+            self._generations[key] = snapshot.generation
+            return plan.requeue_after
+        except Exception:
+            self.metrics.reconcile_errors.inc()
+            log.exception("reconcile of %s/%s failed; retrying in %ss", *key, ERROR_BACKOFF_SECONDS)
+            return ERROR_BACKOFF_SECONDS
+        finally:
+            self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+
+    async def _progress(self, url: str | None) -> JSON | None:
+        if url is None or self.http is None:
+            return None
+        try:
+            async with self.http.get(url) as response:
+                if response.status != 200:
+                    return None
+                data = await response.json()
+                return data if isinstance(data, dict) else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("no progress from %s: %s", url, exc)
+            return None
+
+    async def _apply(self, key: Key, meta: JSON, old: JSON, plan: Plan, post_event: PostEvent) -> None:
+        namespace, name = key
+        spec = accepted_spec(plan.status)
+        owner = manifests.Owner(name=name, namespace=namespace, uid=meta.get("uid", ""))
+        if plan.create_preflight and spec is not None:
+            await self._create_all(manifests.preflight_objects(owner, spec, self.settings))
+        if plan.create_attempt is not None and spec is not None:
+            await self._create_attempt(owner, spec, plan)
+        for job_name, suspended in plan.suspend.items():
+            await self.kube.set_job_suspended(namespace, job_name, suspended)
+        for job_name in plan.delete_jobs:
+            await self.kube.delete_job(namespace, job_name)
+
+        patch = merge_patch(old, plan.status)
+        if patch:
+            await self.kube.patch_status(namespace, name, patch)
+            self._written[key] = plan.status
+        for event in plan.events:
+            post_event(event.type, event.reason, event.message)
+        self._record(key, old, plan)
+        if plan.delete_self:
+            log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
+            await self.kube.delete_finetunejob(namespace, name)
+
+    async def _create_attempt(self, owner: manifests.Owner, spec: FineTuneJobSpec, plan: Plan) -> None:
+        assert plan.create_attempt is not None
+        objects = manifests.attempt_objects(
+            owner, spec, self.settings, plan.create_attempt, plan.attempt_deadline_seconds
+        )
+        await self._create_all(objects)
+
+    async def _create_all(self, objects: list[JSON]) -> None:
+        for obj in objects:  # in order: a Job never exists without its ConfigMap
+            if await self.kube.create(obj):
+                self.metrics.children_created.labels(kind=obj["kind"]).inc()
+
+    def _record(self, key: Key, old: JSON, plan: Plan) -> None:
+        new_phase = str(plan.status.get("phase") or Phase.PENDING)
+        queued_since = None
+        if new_phase == Phase.QUEUED:
+            conditions: list[JSON] = plan.status.get("conditions") or []
+            admitted: JSON = next((c for c in conditions if c.get("type") == "Admitted"), {})
+            since = parse_time(admitted.get("lastTransitionTime"))
+            queued_since = since.timestamp() if since else time.time()
+        self.metrics.observe_phase(key, old.get("phase"), new_phase, queued_since)
+        if new_phase == Phase.FAILED and old.get("phase") != Phase.FAILED:
+            self.metrics.failures.labels(reason=(plan.status.get("error") or {}).get("reason", "Unknown")).inc()
+        retry = plan.status.get("lastFailure") or {}
+        if plan.create_attempt and plan.create_attempt > 1 and retry != (old.get("lastFailure") or {}):
+            self.metrics.retries.labels(reason=retry.get("reason", "Unknown")).inc()

@@ -1,0 +1,67 @@
+"""Semantic checks of a FineTuneJob spec, beyond what the CRD schema can say.
+
+The apiserver already enforces types, enums, bounds and the CEL rules of the generated CRD.
+This module re-validates against the same pydantic model (a cluster may serve an older
+CRD) and adds the rules that only make sense on a cluster. Pure: spec in, errors out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubetune_api.spec import FineTuneJobSpec, Precision
+
+CLUSTER_SCHEMES = ("s3://", "pvc://")
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def schema_errors(exc: ValidationError) -> list[str]:
+    return [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
+
+
+def parse_spec(raw: dict[str, Any]) -> tuple[FineTuneJobSpec | None, list[str]]:
+    """Validate by wire (camelCase) names only, as the apiserver does."""
+    try:
+        return FineTuneJobSpec.model_validate(raw, by_alias=True, by_name=False), []
+    except ValidationError as exc:
+        return None, schema_errors(exc)
+
+
+def cluster_rules(spec: FineTuneJobSpec) -> list[str]:
+    """Rules for running in a pod: data must come from the user's buckets or volumes."""
+    errors: list[str] = []
+    uris = {
+        "spec.baseModel.uri": spec.base_model.uri,
+        "spec.dataset.train": spec.dataset.train,
+        "spec.dataset.validation": spec.dataset.validation,
+        "spec.output.uri": spec.output.uri,
+    }
+    for field, uri in uris.items():
+        if uri is not None and not uri.startswith(CLUSTER_SCHEMES):
+            errors.append(
+                f"{field}: {uri!r} is a path inside the trainer image; on a cluster use s3:// or pvc://"
+                " (local paths and file:// work with `kubetune run`)"
+            )
+    resources = spec.resources
+    if resources.nodes > 1 and resources.gpus < 1:
+        errors.append(f"spec.resources.nodes: {resources.nodes} nodes need resources.gpus >= 1")
+    if resources.gpus == 0 and spec.training.precision == Precision.FP16:
+        errors.append("spec.training.precision: fp16 needs a GPU (resources.gpus is 0); use bf16, fp32 or auto")
+    return errors
+
+
+def validate(raw: dict[str, Any]) -> tuple[FineTuneJobSpec | None, list[str]]:
+    """The spec, or every error at once (each names its field)."""
+    spec, errors = parse_spec(raw)
+    if spec is None:
+        return None, errors
+    errors = cluster_rules(spec)
+    return (None, errors) if errors else (spec, [])

@@ -1,0 +1,609 @@
+"""The pure reconcile: observed FineTuneJob + children -> plan (status, creations, Events)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubetune_operator.reconcile import Plan, Snapshot, decide, iso, merge_checkpoints, merge_patch, progress_url
+from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.views import JobView, PodView, job_view, pod_view
+
+SETTINGS = OperatorSettings(poll_interval_seconds=5, gpu_memory_gib=80)
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+JSON = dict[str, Any]
+
+
+def spec(**overrides: Any) -> JSON:
+    base: JSON = {
+        "baseModel": {"uri": "s3://models/llama/"},
+        "dataset": {"train": "s3://data/train.jsonl"},
+        "output": {"uri": "s3://artifacts/run/"},
+        "resources": {"gpus": 1},
+    }
+    return base | overrides
+
+
+def kjob(
+    component: str = "trainer",
+    attempt: int | None = 1,
+    suspended: bool = False,
+    condition: tuple[str, str] | None = None,
+    active: int = 0,
+) -> JobView:
+    labels = {"kubetune.io/finetunejob": "ft", "app.kubernetes.io/component": component}
+    if attempt is not None:
+        labels["kubetune.io/attempt"] = str(attempt)
+    name = f"ft-train-{attempt}" if component == "trainer" else "ft-preflight"
+    status: JSON = {"active": active}
+    if condition:
+        status["conditions"] = [{"type": condition[0], "status": "True", "reason": condition[1], "message": "m"}]
+    return job_view({"metadata": {"name": name, "labels": labels}, "spec": {"suspend": suspended}, "status": status})
+
+
+def kpod(
+    component: str = "trainer",
+    attempt: int | None = 1,
+    phase: str = "Running",
+    exit_code: int | None = None,
+    message: str | None = None,
+    terminated_reason: str | None = None,
+    waiting: str | None = None,
+    unschedulable: str | None = None,
+    created: str = "2026-11-23T11:00:00Z",
+    started: str | None = "2026-11-23T11:00:10Z",
+) -> PodView:
+    labels = {"kubetune.io/finetunejob": "ft", "app.kubernetes.io/component": component}
+    if attempt is not None:
+        labels["kubetune.io/attempt"] = str(attempt)
+    job_name = f"ft-train-{attempt}" if component == "trainer" else "ft-preflight"
+    labels["job-name"] = job_name
+    state: JSON = {}
+    if exit_code is not None:
+        state["terminated"] = {
+            "exitCode": exit_code,
+            "reason": terminated_reason or ("Completed" if exit_code == 0 else "Error"),
+            "message": message,
+            "startedAt": started,
+            "finishedAt": "2026-11-23T11:30:10Z",
+        }
+    elif waiting:
+        state["waiting"] = {"reason": waiting, "message": message}
+    elif phase == "Running":
+        state["running"] = {"startedAt": started}
+    conditions = []
+    if unschedulable:
+        conditions.append(
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+        )
+    return pod_view(
+        {
+            "metadata": {"name": f"{job_name}-abcde", "labels": labels, "creationTimestamp": created},
+            "spec": {"containers": [{"name": "trainer", "ports": [{"name": "metrics", "containerPort": 9090}]}]},
+            "status": {
+                "phase": phase,
+                "podIP": "10.0.0.7" if phase != "Pending" else None,
+                "conditions": conditions,
+                "containerStatuses": [{"state": state}] if state else [],
+            },
+        }
+    )
+
+
+def snap(
+    raw_spec: JSON | None = None,
+    status: JSON | None = None,
+    jobs: tuple[JobView, ...] = (),
+    pods: tuple[PodView, ...] = (),
+    progress: JSON | None = None,
+    now: datetime = NOW,
+    generation: int = 1,
+) -> Snapshot:
+    return Snapshot(
+        name="ft",
+        namespace="team",
+        generation=generation,
+        spec=spec() if raw_spec is None else raw_spec,
+        status=status or {},
+        jobs=jobs,
+        pods=pods,
+        progress=progress,
+        now=now,
+    )
+
+
+def conditions(plan: Plan) -> dict[str, JSON]:
+    return {c["type"]: c for c in plan.status.get("conditions", [])}
+
+
+def reasons(plan: Plan) -> list[str]:
+    return [e.reason for e in plan.events]
+
+
+def accepted(raw_spec: JSON | None = None, **status: Any) -> JSON:
+    """The status after admission (and, by default, a passed preflight)."""
+    plan = decide(snap(raw_spec), SETTINGS)
+    out = plan.status
+    out["conditions"] = [
+        *out["conditions"],
+        {"type": "DataValidated", "status": "True", "reason": "Validated", "message": "ok"},
+    ]
+    return out | status
+
+
+PREFLIGHT_REPORT = json.dumps(
+    {
+        "status": "Validated",
+        "job": "ft",
+        "data": {
+            "format": "chat",
+            "train_rows": 900,
+            "validation_rows": 100,
+            "train_tokens": 123456,
+            "trainable_tokens": 60000,
+            "truncated_rows": 2,
+            "dropped_rows": 0,
+            "packing_efficiency": 0.97,
+        },
+        "plan": {"epochs": 3, "batch_size": 8, "total_steps": 340, "steps_per_epoch": 113},
+        "memory": {"total_bytes": 30 * 2**30},
+    }
+)
+
+
+# -- admission -----------------------------------------------------------------------------------
+
+
+def test_invalid_spec_fails_with_every_field_named_and_creates_nothing() -> None:
+    plan = decide(snap(spec(lora={"r": 0}, training={"learningRate": -1})), SETTINGS)
+    assert plan.status["phase"] == "Failed" and plan.status["error"]["reason"] == "InvalidSpec"
+    message = conditions(plan)["SpecValid"]["message"]
+    assert "spec.lora.r" in message and "spec.training.learningRate" in message
+    assert conditions(plan)["SpecValid"]["status"] == "False"
+    assert not plan.create_preflight and plan.create_attempt is None
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "InvalidSpec")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"dataset": {"train": "data/train.jsonl"}}, "spec.dataset.train"),
+        ({"baseModel": {"uri": "file:///models/llama"}}, "spec.baseModel.uri"),
+        ({"resources": {"gpus": 0, "nodes": 2}}, "spec.resources.nodes"),
+        ({"resources": {"gpus": 0}, "training": {"precision": "fp16"}}, "spec.training.precision"),
+        ({"unknownField": 1}, "spec.unknownField"),
+    ],
+)
+def test_cluster_rules_reject_what_cannot_run_in_a_pod(overrides: JSON, field: str) -> None:
+    plan = decide(snap(spec(**overrides)), SETTINGS)
+    assert plan.status["phase"] == "Failed"
+    assert field in plan.status["error"]["message"]
+
+
+def test_valid_spec_is_accepted_then_preflight_starts_without_a_gpu_job() -> None:
+    plan = decide(snap(), SETTINGS)
+    assert plan.status["acceptedSpec"]["baseModel"]["uri"] == "s3://models/llama/"
+    assert plan.status["acceptedSpec"]["lora"]["r"] == 16  # defaults made explicit
+    assert plan.create_preflight and plan.create_attempt is None
+    assert plan.status["phase"] == "Validating"
+    assert conditions(plan)["SpecValid"]["status"] == "True"
+    assert conditions(plan)["DataValidated"]["status"] == "False"
+    assert plan.status["observedGeneration"] == 1
+
+
+# -- preflight -----------------------------------------------------------------------------------
+
+
+def test_preflight_running_waits() -> None:
+    status = decide(snap(), SETTINGS).status
+    plan = decide(snap(status=status, jobs=(kjob("preflight", None),), pods=(kpod("preflight", None),)), SETTINGS)
+    assert plan.status["phase"] == "Validating"
+    assert not plan.create_preflight and plan.create_attempt is None and not plan.events
+
+
+def test_passed_preflight_records_the_numbers_and_starts_attempt_one() -> None:
+    status = decide(snap(), SETTINGS).status
+    done = kpod("preflight", None, phase="Succeeded", exit_code=0, message=PREFLIGHT_REPORT)
+    plan = decide(
+        snap(status=status, jobs=(kjob("preflight", None, condition=("Complete", "")),), pods=(done,)), SETTINGS
+    )
+    assert plan.status["preflight"] == {
+        "format": "chat",
+        "trainRows": 900,
+        "validationRows": 100,
+        "trainTokens": 123456,
+        "trainableTokens": 60000,
+        "truncatedRows": 2,
+        "droppedRows": 0,
+        "packingEfficiency": 0.97,
+        "epochs": 3,
+        "batchSize": 8,
+        "estimatedSteps": 340,
+        "estimatedGpuMemoryBytes": 30 * 2**30,
+        "memoryFit": "Fits",
+    }
+    assert conditions(plan)["DataValidated"]["status"] == "True"
+    assert plan.create_attempt == 1 and plan.status["attempts"] == 1
+    assert plan.attempt_deadline_seconds == 86_400
+    assert plan.status["phase"] == "Initializing"
+    assert "DataValidated" in reasons(plan)
+
+
+def test_memory_estimate_above_the_gpu_warns_but_does_not_fail() -> None:
+    report = json.loads(PREFLIGHT_REPORT)
+    report["memory"]["total_bytes"] = 200 * 2**30
+    status = decide(snap(), SETTINGS).status
+    done = kpod("preflight", None, phase="Succeeded", exit_code=0, message=json.dumps(report))
+    plan = decide(snap(status=status, jobs=(kjob("preflight", None),), pods=(done,)), SETTINGS)
+    assert plan.status["preflight"]["memoryFit"] == "MayNotFit"
+    assert "MemoryMayNotFit" in reasons(plan) and plan.create_attempt == 1
+
+
+def test_bad_dataset_fails_in_preflight_and_no_gpu_job_is_created() -> None:
+    status = decide(snap(), SETTINGS).status
+    failure = json.dumps({"status": "Failed", "reason": "DatasetInvalid", "message": "train.jsonl line 7: bad JSON"})
+    bad = kpod("preflight", None, phase="Failed", exit_code=12, message=failure)
+    plan = decide(snap(status=status, jobs=(kjob("preflight", None),), pods=(bad,)), SETTINGS)
+    assert plan.status["phase"] == "Failed"
+    assert plan.status["error"] == {
+        "reason": "DatasetInvalid",
+        "message": "preflight: train.jsonl line 7: bad JSON",
+        "exitCode": 12,
+    }
+    assert conditions(plan)["DataValidated"]["status"] == "False"
+    assert plan.create_attempt is None
+
+
+def test_preflight_can_be_skipped() -> None:
+    plan = decide(snap(spec(preflight={"enabled": False})), SETTINGS)
+    assert not plan.create_preflight and plan.create_attempt == 1
+
+
+def test_unschedulable_preflight_is_a_condition_not_a_failure() -> None:
+    status = decide(snap(), SETTINGS).status
+    pending = kpod("preflight", None, phase="Pending", started=None, unschedulable="0/3 nodes: Insufficient cpu")
+    plan = decide(snap(status=status, jobs=(kjob("preflight", None),), pods=(pending,)), SETTINGS)
+    assert plan.status["phase"] == "Validating"
+    assert conditions(plan)["Unschedulable"]["status"] == "True"
+
+
+# -- queueing and suspension ---------------------------------------------------------------------
+
+
+def test_suspended_spec_creates_the_job_suspended() -> None:
+    plan = decide(snap(spec(suspend=True, preflight={"enabled": False})), SETTINGS)
+    assert plan.create_attempt == 1 and plan.status["phase"] == "Suspended"
+    assert conditions(plan)["Suspended"]["status"] == "True"
+
+
+def test_kueue_queue_gives_queued_until_kueue_unsuspends() -> None:
+    raw = spec(queueName="gpu-queue")
+    plan = decide(snap(raw, accepted(raw), jobs=(kjob(suspended=True),)), SETTINGS)
+    assert plan.status["phase"] == "Queued"
+    assert conditions(plan)["Admitted"]["status"] == "False"
+    assert plan.suspend == {}  # Kueue admits, not the operator
+    admitted = decide(snap(raw, plan.status, jobs=(kjob(),), pods=(kpod(phase="Pending", started=None),)), SETTINGS)
+    assert admitted.status["phase"] == "Initializing"
+    assert conditions(admitted)["Admitted"]["status"] == "True"
+
+
+def test_suspend_a_running_job_then_resume_it() -> None:
+    raw = spec()
+    status = decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),)), SETTINGS).status
+    suspended = decide(snap(spec(suspend=True), status, jobs=(kjob(active=1),), pods=(kpod(),)), SETTINGS)
+    assert suspended.suspend == {"ft-train-1": True}
+    assert suspended.status["phase"] == "Suspended" and "Suspended" in reasons(suspended)
+    still = decide(snap(spec(suspend=True), suspended.status, jobs=(kjob(suspended=True),)), SETTINGS)
+    assert still.suspend == {} and not still.events
+    resumed = decide(snap(spec(suspend=False), still.status, jobs=(kjob(suspended=True),)), SETTINGS)
+    assert resumed.suspend == {"ft-train-1": False}
+    assert resumed.status["phase"] == "Initializing"
+    assert conditions(resumed)["Suspended"]["status"] == "False"
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def progress(**overrides: Any) -> JSON:
+    base: JSON = {
+        "phase": "Running",
+        "step": 40,
+        "totalSteps": 100,
+        "epoch": 1.2,
+        "trainLoss": 1.23456,
+        "evalLoss": None,
+        "baselineEvalLoss": 2.5,
+        "learningRate": 0.0002,
+        "tokensPerSecond": 8123.4,
+        "trainedTokens": 50000,
+        "etaSeconds": 754.2,
+        "checkpoints": [{"step": 40, "uri": "s3://artifacts/run/checkpoints/step-00000040/", "time": 1795000000.0}],
+        "progressRatio": 0.4,
+        "lastUpdateTime": 1795000001.0,
+    }
+    return base | overrides
+
+
+def test_progress_fills_status_and_checkpoint_condition() -> None:
+    raw = spec()
+    plan = decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),), progress=progress()), SETTINGS)
+    assert plan.status["phase"] == "Running"
+    assert plan.status["progress"] == {
+        "percent": "40%",
+        "step": 40,
+        "totalSteps": 100,
+        "epoch": 1.2,
+        "etaSeconds": 754,
+        "eta": "12m",
+        "tokensPerSecond": 8123.4,
+        "lastUpdateTime": iso(datetime.fromtimestamp(1795000001.0, UTC)),
+    }
+    assert plan.status["metrics"] == {"trainLoss": 1.2346, "baselineEvalLoss": 2.5, "learningRate": 0.0002}
+    assert plan.status["checkpoints"][0]["step"] == 40
+    assert conditions(plan)["CheckpointSaved"]["status"] == "True"
+    assert "CheckpointSaved" in reasons(plan) and "Running" in reasons(plan)
+    assert plan.status["startTime"] == iso(NOW)
+    again = decide(snap(raw, plan.status, jobs=(kjob(),), pods=(kpod(),), progress=progress()), SETTINGS)
+    assert not again.events  # level-triggered: nothing new, nothing posted
+
+
+@pytest.mark.parametrize(
+    ("trainer_phase", "step", "phase"),
+    [
+        ("Staging", 0, "Initializing"),
+        ("Evaluating", 0, "Initializing"),
+        ("Evaluating", 100, "Running"),
+        ("Exporting", 100, "Exporting"),
+    ],
+)
+def test_trainer_phases_map_to_job_phases(trainer_phase: str, step: int, phase: str) -> None:
+    raw = spec()
+    plan = decide(
+        snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),), progress=progress(phase=trainer_phase, step=step)),
+        SETTINGS,
+    )
+    assert plan.status["phase"] == phase
+
+
+def test_unschedulable_trainer_is_a_condition_while_pending() -> None:
+    raw = spec()
+    pending = kpod(
+        phase="Pending", started=None, unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    )
+    plan = decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(pending,)), SETTINGS)
+    assert plan.status["phase"] == "Initializing"
+    assert conditions(plan)["Unschedulable"]["status"] == "True"
+    assert "Failed" not in conditions(plan)
+
+
+def test_success_records_artifacts_metrics_and_completion() -> None:
+    raw = spec()
+    summary = json.dumps(
+        {
+            "status": "Succeeded",
+            "job": "ft",
+            "step": 100,
+            "totalSteps": 100,
+            "trainedTokens": 120000,
+            "trainLoss": 0.5,
+            "eval": {"baseline": {"loss": 2.5}, "finetuned": {"loss": 0.9}},
+            "adapterUri": "s3://artifacts/run/adapter/",
+            "manifestUri": "s3://artifacts/run/manifest.json",
+        }
+    )
+    done = kpod(phase="Succeeded", exit_code=0, message=summary)
+    plan = decide(snap(raw, accepted(raw), jobs=(kjob(condition=("Complete", "")),), pods=(done,)), SETTINGS)
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["artifacts"] == {
+        "outputUri": "s3://artifacts/run/",
+        "adapterUri": "s3://artifacts/run/adapter/",
+        "manifestUri": "s3://artifacts/run/manifest.json",
+    }
+    assert plan.status["metrics"] == {"trainLoss": 0.5, "evalLoss": 0.9, "baselineEvalLoss": 2.5}
+    assert plan.status["progress"]["percent"] == "100%"
+    assert plan.status["completionTime"] == iso(NOW)
+    assert conditions(plan)["Complete"]["status"] == "True"
+    assert plan.requeue_after == 604_800  # the default ttlSecondsAfterFinished
+
+
+def test_gpu_seconds_accumulate_over_pods() -> None:
+    raw = spec(resources={"gpus": 2})
+    finished = kpod(phase="Failed", exit_code=21, attempt=1)  # ran 30 minutes
+    running = kpod(attempt=2, started="2026-11-23T11:50:00Z", created="2026-11-23T11:49:00Z")
+    status = accepted(raw, attempts=2)
+    plan = decide(
+        snap(raw, status, jobs=(kjob(condition=("Failed", "x")), kjob(attempt=2)), pods=(finished, running)), SETTINGS
+    )
+    assert plan.status["gpuSeconds"] == (1800 + 600) * 2
+
+
+# -- failures and retries ------------------------------------------------------------------------
+
+
+def failed_pod(code: int, reason: str, message: str = "boom", terminated_reason: str | None = None) -> PodView:
+    text = json.dumps({"status": "Failed", "reason": reason, "message": message})
+    return kpod(phase="Failed", exit_code=code, message=text, terminated_reason=terminated_reason)
+
+
+def test_infrastructure_failure_retries_as_a_new_attempt_that_resumes() -> None:
+    raw = spec(backoffLimit=2)
+    status = accepted(raw, attempts=1, checkpoints=[{"step": 40, "uri": "s3://a/ck/", "time": "t"}])
+    plan = decide(
+        snap(
+            raw,
+            status,
+            jobs=(kjob(condition=("Failed", "BackoffLimitExceeded")),),
+            pods=(failed_pod(21, "StorageError"),),
+        ),
+        SETTINGS,
+    )
+    assert plan.create_attempt == 2 and plan.status["attempts"] == 2
+    assert plan.status["phase"] == "Initializing"
+    assert plan.status["lastFailure"]["reason"] == "StorageError"
+    retry = next(e for e in plan.events if e.reason == "Retrying")
+    assert retry.type == "Warning" and "resuming from step 40" in retry.message and "attempt 2 of 3" in retry.message
+    assert plan.delete_jobs == []  # a finished single-pod Job is kept for its logs
+
+
+def test_retries_stop_at_backoff_limit() -> None:
+    raw = spec(backoffLimit=1)
+    status = accepted(raw, attempts=2)
+    pods = (kpod(attempt=2, phase="Failed", exit_code=137),)
+    plan = decide(
+        snap(raw, status, jobs=(kjob(attempt=2, condition=("Failed", "BackoffLimitExceeded")),), pods=pods), SETTINGS
+    )
+    assert plan.status["phase"] == "Failed"
+    assert plan.status["error"]["reason"] == "BackoffLimitExceeded"
+    assert "the last: Killed" in plan.status["error"]["message"]
+    assert plan.status["error"]["exitCode"] == 137
+    assert plan.create_attempt is None
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason"),
+    [
+        (failed_pod(12, "DatasetInvalid"), "DatasetInvalid"),
+        (failed_pod(15, "S3AccessDenied"), "S3AccessDenied"),
+        (failed_pod(22, "GPUOOM"), "GPUOOM"),
+        (kpod(phase="Failed", exit_code=137, terminated_reason="OOMKilled"), "OOMKilled"),
+        (kpod(phase="Pending", started=None, waiting="ImagePullBackOff", message="pull denied"), "ImagePullBackOff"),
+    ],
+)
+def test_user_errors_and_oom_are_never_retried(pod: PodView, reason: str) -> None:
+    raw = spec(backoffLimit=5)
+    plan = decide(snap(raw, accepted(raw, attempts=1), jobs=(kjob(),), pods=(pod,)), SETTINGS)
+    assert plan.status["phase"] == "Failed" and plan.status["error"]["reason"] == reason
+    assert plan.create_attempt is None
+    assert conditions(plan)["Failed"]["reason"] == reason
+
+
+def test_image_pull_failure_deletes_the_stuck_job() -> None:
+    raw = spec()
+    stuck = kpod(phase="Pending", started=None, waiting="ErrImagePull")
+    plan = decide(snap(raw, accepted(raw, attempts=1), jobs=(kjob(active=1),), pods=(stuck,)), SETTINGS)
+    assert plan.delete_jobs == ["ft-train-1"]
+
+
+def test_job_deadline_exceeded_is_not_retried() -> None:
+    raw = spec()
+    plan = decide(
+        snap(raw, accepted(raw, attempts=1), jobs=(kjob(condition=("Failed", "DeadlineExceeded")),)), SETTINGS
+    )
+    assert plan.status["error"]["reason"] == "DeadlineExceeded" and plan.create_attempt is None
+
+
+def test_active_deadline_counts_across_attempts() -> None:
+    raw = spec(activeDeadlineSeconds=3600)
+    start = iso(NOW - timedelta(seconds=3000))
+    status = accepted(raw, attempts=1, startTime=start)
+    retry = decide(
+        snap(raw, status, jobs=(kjob(condition=("Failed", "x")),), pods=(failed_pod(21, "StorageError"),)), SETTINGS
+    )
+    assert retry.attempt_deadline_seconds == 600  # what is left, not a fresh hour
+    late = decide(
+        snap(
+            raw,
+            retry.status | {"startTime": iso(NOW - timedelta(seconds=3601))},
+            jobs=(kjob(condition=("Failed", "x")), kjob(attempt=2, active=1)),
+            pods=(kpod(attempt=2),),
+        ),
+        SETTINGS,
+    )
+    assert late.status["error"]["reason"] == "DeadlineExceeded"
+    assert late.delete_jobs == ["ft-train-2"]
+
+
+# -- idempotence and restarts ----------------------------------------------------------------------
+
+
+def test_restart_with_attempt_two_running_creates_nothing() -> None:
+    raw = spec()
+    status = accepted(raw, attempts=2, startTime=iso(NOW))
+    jobs = (kjob(condition=("Failed", "BackoffLimitExceeded")), kjob(attempt=2, active=1))
+    plan = decide(snap(raw, status, jobs=jobs, pods=(kpod(attempt=2),)), SETTINGS)
+    assert plan.create_attempt is None and not plan.create_preflight and not plan.delete_jobs
+
+
+def test_status_lagging_behind_the_children_is_caught_up() -> None:
+    """A crash between creating attempt 2 and writing status: the index knows better."""
+    raw = spec()
+    plan = decide(
+        snap(raw, accepted(raw, attempts=1), jobs=(kjob(condition=("Failed", "x")), kjob(attempt=2))), SETTINGS
+    )
+    assert plan.status["attempts"] == 2 and plan.create_attempt is None
+
+
+def test_a_job_not_yet_in_the_index_is_created_again_under_the_same_name() -> None:
+    raw = spec()
+    plan = decide(snap(raw, accepted(raw, attempts=1)), SETTINGS)
+    assert plan.create_attempt == 1  # a 409 for the executor: same name, no duplicate
+
+
+# -- immutability --------------------------------------------------------------------------------
+
+
+def test_immutable_changes_are_ignored_with_a_condition_and_mutable_ones_apply() -> None:
+    raw = spec()
+    status = accepted(raw, attempts=1)
+    edited = spec(baseModel={"uri": "s3://models/other/"}, backoffLimit=7)
+    plan = decide(snap(edited, status, jobs=(kjob(),), pods=(kpod(),), generation=2), SETTINGS)
+    applied = conditions(plan)["SpecApplied"]
+    assert applied["status"] == "False" and applied["reason"] == "ImmutableFieldChanged"
+    assert "spec.baseModel" in applied["message"] and "backoffLimit" not in applied["message"]
+    assert plan.status["acceptedSpec"]["baseModel"]["uri"] == "s3://models/llama/"
+    assert ("Warning", "ImmutableFieldChanged") in [(e.type, e.reason) for e in plan.events]
+    assert plan.status["observedGeneration"] == 2
+    retried = decide(
+        snap(edited, plan.status, jobs=(kjob(condition=("Failed", "x")),), pods=(failed_pod(21, "StorageError"),)),
+        SETTINGS,
+    )
+    assert "of 8" in next(e.message for e in retried.events if e.reason == "Retrying")  # backoffLimit 7 applies
+
+
+# -- finished jobs -------------------------------------------------------------------------------
+
+
+def test_ttl_after_finished_deletes_the_job() -> None:
+    raw = spec(ttlSecondsAfterFinished=60)
+    status = accepted(raw) | {"phase": "Succeeded", "completionTime": iso(NOW - timedelta(seconds=30))}
+    waiting = decide(snap(raw, status), SETTINGS)
+    assert not waiting.delete_self and waiting.requeue_after == 30
+    expired = decide(snap(raw, status, now=NOW + timedelta(seconds=31)), SETTINGS)
+    assert expired.delete_self and not expired.events
+
+
+def test_no_ttl_means_no_timer() -> None:
+    raw = spec(ttlSecondsAfterFinished=None)
+    status = accepted(raw) | {"phase": "Failed", "completionTime": iso(NOW)}
+    plan = decide(snap(raw, status), SETTINGS)
+    assert plan.requeue_after is None and not plan.delete_self
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def test_merge_patch_removes_replaces_and_recurses() -> None:
+    old = {"phase": "Running", "error": {"reason": "x"}, "progress": {"step": 1, "eta": "1m"}, "list": [1]}
+    new = {"phase": "Succeeded", "progress": {"step": 2}, "list": [1, 2]}
+    assert merge_patch(old, new) == {
+        "phase": "Succeeded",
+        "error": None,
+        "progress": {"step": 2, "eta": None},
+        "list": [1, 2],
+    }
+    assert merge_patch(new, new) == {}
+
+
+def test_checkpoints_merge_by_step() -> None:
+    known = [{"step": 10, "uri": "a", "time": "t"}]
+    merged = merge_checkpoints(known, [{"step": 20, "uri": "b", "time": 0.0}, {"step": 10, "uri": "a", "time": 0.0}])
+    assert [c["step"] for c in merged] == [10, 20] and merged[1]["time"] == "1970-01-01T00:00:00Z"
+
+
+def test_progress_url_targets_the_current_attempts_rank_zero() -> None:
+    pods = (kpod(attempt=1, phase="Failed", exit_code=21), kpod(attempt=2))
+    assert progress_url({"attempts": 2}, pods) == "http://10.0.0.7:9090/progress"
+    assert progress_url({"attempts": 3}, pods) is None
