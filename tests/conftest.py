@@ -21,6 +21,9 @@ import boto3
 import pytest
 import requests
 
+# kube_api, kube_cluster: the kmock Kubernetes API and the test kubelet (tests/harness/).
+pytest_plugins = ["harness.fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
 sys.path.insert(0, str(QUICKSTART))

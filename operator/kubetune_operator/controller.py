@@ -30,6 +30,7 @@ JSON = dict[str, Any]
 Key = tuple[str, str]
 PostEvent = Callable[[str, str, str], None]
 ERROR_BACKOFF_SECONDS = 5.0
+RECENT_CREATE_SECONDS = 30.0
 
 
 class Controller:
@@ -44,6 +45,9 @@ class Controller:
         # stale copy would repeat Events. A restarted operator starts from the API's copy.
         self._written: dict[Key, JSON] = {}
         self._generations: dict[Key, int] = {}
+        # Children this process created recently: the next reconcile often runs before the
+        # watch delivers them to the index, and a second create would only earn a 409.
+        self._recent_creates: dict[tuple[str, str, str], float] = {}
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.progress_timeout_seconds)
@@ -95,10 +99,12 @@ class Controller:
         try:
             status = copy.deepcopy(self._written.get(key) or dict(body.get("status") or {}))
             pod_views = tuple(pods)
+            generation = int(meta.get("generation") or 1)
+            self._generations[key] = generation  # events from here on about this generation need no wakeup
             snapshot = Snapshot(
                 name=key[1],
                 namespace=key[0],
-                generation=int(meta.get("generation") or 1),
+                generation=generation,
                 spec=copy.deepcopy(dict(body.get("spec") or {})),
                 status=status,
                 jobs=tuple(jobs),
@@ -107,7 +113,6 @@ class Controller:
             )
             plan = decide(snapshot, self.settings)
             await self._apply(key, meta, status, plan, post_event)
-            self._generations[key] = snapshot.generation
             return plan.requeue_after
         except Exception:
             self.metrics.reconcile_errors.inc()
@@ -161,9 +166,17 @@ class Controller:
         await self._create_all(objects)
 
     async def _create_all(self, objects: list[JSON]) -> None:
+        now = time.monotonic()
+        for key, created in list(self._recent_creates.items()):
+            if now - created > RECENT_CREATE_SECONDS:
+                del self._recent_creates[key]
         for obj in objects:  # in order: a Job never exists without its ConfigMap
+            key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+            if key in self._recent_creates:
+                continue
             if await self.kube.create(obj):
                 self.metrics.children_created.labels(kind=obj["kind"]).inc()
+            self._recent_creates[key] = now
 
     def _record(self, key: Key, old: JSON, plan: Plan) -> None:
         new_phase = str(plan.status.get("phase") or Phase.PENDING)
@@ -173,6 +186,8 @@ class Controller:
             admitted: JSON = next((c for c in conditions if c.get("type") == "Admitted"), {})
             since = parse_time(admitted.get("lastTransitionTime"))
             queued_since = since.timestamp() if since else time.time()
+        if old.get("phase") != new_phase:
+            log.info("%s/%s: %s -> %s: %s", *key, old.get("phase"), new_phase, plan.status.get("message", ""))
         self.metrics.observe_phase(key, old.get("phase"), new_phase, queued_since)
         if new_phase == Phase.FAILED and old.get("phase") != Phase.FAILED:
             self.metrics.failures.labels(reason=(plan.status.get("error") or {}).get("reason", "Unknown")).inc()

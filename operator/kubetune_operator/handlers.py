@@ -74,9 +74,12 @@ def child_pods(namespace: str | None, labels: Mapping[str, str], body: Any, memo
     return {key: pod_view(dict(body))}
 
 
-@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
-def finetunejob_changed(namespace: str | None, name: str, meta: Any, memo: Any, **_: Any) -> None:
-    controller_of(memo).spec_changed((namespace or "", name), int(meta.get("generation") or 1))
+@kopf.index(API_GROUP, API_VERSION, PLURAL)
+def finetunejob_generations(namespace: str | None, name: str, meta: Any, memo: Any, **_: Any) -> dict[Any, int]:
+    """Wakes a job's loop when its spec changes (an index: kopf runs it quietly on every event)."""
+    key, generation = (namespace or "", name), int(meta.get("generation") or 1)
+    controller_of(memo).spec_changed(key, generation)
+    return {key: generation}
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=10.0)

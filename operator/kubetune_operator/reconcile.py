@@ -222,7 +222,7 @@ def _admit(draft: _Draft) -> FineTuneJobSpec | None:
         draft.status["acceptedSpec"] = dump_spec(spec)
         draft.status.setdefault("attempts", 0)
         draft.condition("SpecValid", True, "Valid", "the spec passed schema and semantic checks")
-        draft.condition("SpecApplied", True, "Applied", f"generation {snapshot.generation} accepted")
+        draft.condition("SpecApplied", True, "Applied", f"generation {snapshot.generation} applied")
         return spec
 
     live, errors = parse_spec(snapshot.spec)

@@ -35,21 +35,36 @@ def parse_spec(raw: dict[str, Any]) -> tuple[FineTuneJobSpec | None, list[str]]:
         return None, schema_errors(exc)
 
 
-def cluster_rules(spec: FineTuneJobSpec) -> list[str]:
-    """Rules for running in a pod: data must come from the user's buckets or volumes."""
+def uri_rules(raw: dict[str, Any]) -> list[str]:
+    """Data and weights must come from the user's buckets or volumes, not the trainer image.
+
+    Checked on the raw spec, so these errors are reported along with any schema errors.
+    """
+
+    def at(*path: str) -> Any:
+        node: Any = raw
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
     errors: list[str] = []
     uris = {
-        "spec.baseModel.uri": spec.base_model.uri,
-        "spec.dataset.train": spec.dataset.train,
-        "spec.dataset.validation": spec.dataset.validation,
-        "spec.output.uri": spec.output.uri,
+        "spec.baseModel.uri": at("baseModel", "uri"),
+        "spec.dataset.train": at("dataset", "train"),
+        "spec.dataset.validation": at("dataset", "validation"),
+        "spec.output.uri": at("output", "uri"),
     }
     for field, uri in uris.items():
-        if uri is not None and not uri.startswith(CLUSTER_SCHEMES):
+        if isinstance(uri, str) and not uri.startswith(CLUSTER_SCHEMES):
             errors.append(
                 f"{field}: {uri!r} is a path inside the trainer image; on a cluster use s3:// or pvc://"
                 " (local paths and file:// work with `kubetune run`)"
             )
+    return errors
+
+
+def resource_rules(spec: FineTuneJobSpec) -> list[str]:
+    errors: list[str] = []
     resources = spec.resources
     if resources.nodes > 1 and resources.gpus < 1:
         errors.append(f"spec.resources.nodes: {resources.nodes} nodes need resources.gpus >= 1")
@@ -61,7 +76,8 @@ def cluster_rules(spec: FineTuneJobSpec) -> list[str]:
 def validate(raw: dict[str, Any]) -> tuple[FineTuneJobSpec | None, list[str]]:
     """The spec, or every error at once (each names its field)."""
     spec, errors = parse_spec(raw)
-    if spec is None:
-        return None, errors
-    errors = cluster_rules(spec)
+    reported = {error.split(":", 1)[0] for error in errors}  # one error per field is enough
+    errors += [error for error in uri_rules(raw) if error.split(":", 1)[0] not in reported]
+    if spec is not None:
+        errors += resource_rules(spec)
     return (None, errors) if errors else (spec, [])

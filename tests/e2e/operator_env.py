@@ -1,0 +1,250 @@
+"""The pieces an operator end-to-end test needs: the operator as a real process, the data in
+a real S3 server, and small helpers to watch a FineTuneJob through the Kubernetes API."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client
+
+from conftest import FAKE_CREDENTIALS, ROOT, free_port
+
+GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
+NAMESPACE = "default"
+T = TypeVar("T")
+
+
+def free_port_pair() -> int:
+    """A port p with p + 1 free too (/metrics + /readyz on p, kopf's /healthz on p + 1)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            import socket
+
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two adjacent free ports")
+
+
+class OperatorProcess:
+    """`python -m kubetune_operator.main -A` against the emulator, restartable."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, **settings: str) -> None:
+        self.port = free_port_pair()
+        self.log_path = log_path
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(log_path.parent),
+            "KUBECONFIG": str(kubeconfig),
+            "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("api", "operator")),
+            "KUBETUNE_HEALTH_PORT": str(self.port),
+            "KUBETUNE_POLL_INTERVAL_SECONDS": "0.5",
+            "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:test",
+            "KUBETUNE_METRICS_PORT": str(free_port()),
+            **settings,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> OperatorProcess:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n===== operator start #{self.starts} =====\n".encode())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetune_operator.main", "--all-namespaces"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.get("/readyz") == "ok" or None, 60, "operator ready", self.check_alive)
+        return self
+
+    def check_alive(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.log()[-3000:]}"
+
+    def get(self, path: str, port: int | None = None) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}{path}", timeout=5) as response:
+                return str(response.read().decode())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def metrics(self) -> str:
+        return self.get("/metrics") or ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, check: Callable[[], None] | None = None) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check is not None:
+            check()
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def s3_secret(name: str = "s3-creds") -> dict[str, Any]:
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "data": {key: base64.b64encode(FAKE_CREDENTIALS[key].encode()).decode() for key in keys},
+    }
+
+
+def finetunejob(name: str, bucket: str, endpoint: str, training: dict[str, Any] | None = None, **spec: Any) -> dict:
+    """A FineTuneJob that trains the tiny test Llama on CPU in a few seconds."""
+    body: dict[str, Any] = {
+        "baseModel": {"uri": f"s3://{bucket}/models/tiny/"},
+        "dataset": {"train": f"s3://{bucket}/data/numbers.jsonl"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "training": {
+            "epochs": 1,
+            "maxSteps": 30,
+            "batchSize": 4,
+            "maxSeqLength": 64,
+            "learningRate": 3e-3,
+            "gradientCheckpointing": False,
+            "checkpointEverySteps": 10,
+            "seed": 7,
+            **(training or {}),
+        },
+        "evaluation": {"exactMatch": False},
+        "output": {"uri": f"s3://{bucket}/out/{name}/"},
+        "storage": {
+            "endpoint": endpoint,
+            "region": "us-east-1",
+            "credentialsSecret": "s3-creds",
+            "addressingStyle": "path",
+        },
+        "resources": {"gpus": 0},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": body,
+    }
+
+
+class Kube:
+    """The test's own view of the cluster, through the official client over HTTP."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+
+    def apply(self, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def status(self, name: str) -> dict[str, Any]:
+        obj = self.get(name)
+        return dict((obj or {}).get("status") or {})
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name, {"spec": spec})
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
+
+    def jobs(self, owner: str) -> list[str]:
+        items = self.batch.list_namespaced_job(NAMESPACE, label_selector=f"kubetune.io/finetunejob={owner}").items
+        return sorted(j.metadata.name for j in items)
+
+    def children(self, owner: str) -> list[str]:
+        selector = f"kubetune.io/finetunejob={owner}"
+        maps = self.core.list_namespaced_config_map(NAMESPACE, label_selector=selector).items
+        return sorted([*self.jobs(owner), *(f"configmap/{m.metadata.name}" for m in maps)])
+
+    def events(self, name: str) -> list[tuple[str, str]]:
+        items = self.core.list_namespaced_event(NAMESPACE).items
+        return [
+            (e.type, e.reason)
+            for e in sorted(items, key=lambda e: (e.metadata.creation_timestamp or 0, e.metadata.name))
+            if e.involved_object is not None and e.involved_object.name == name
+        ]
+
+    def wait_phase(
+        self, name: str, phases: set[str], timeout: float, check: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status.get("phase") in phases else None
+
+        try:
+            return wait_for(probe, timeout, f"{name} to reach {sorted(phases)}", check)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status now: {self.status(name)}") from exc
+
+
+def phase_recorder(kube: Kube, name: str) -> Callable[[], list[str]]:
+    """Samples the job's phase in the background; returns the distinct phases seen, in order."""
+    import threading
+
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                phase = kube.status(name).get("phase")
+            except Exception:  # sampling must not end the test
+                phase = None
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+
+    def finish() -> list[str]:
+        stop.set()
+        thread.join(timeout=5)
+        final = kube.status(name).get("phase")  # the last change may have landed after the last sample
+        if final and (not seen or seen[-1] != final):
+            seen.append(final)
+        return seen
+
+    return finish
+
+
+SIGKILL = signal.SIGKILL

@@ -1,0 +1,304 @@
+"""The operator end to end: a kmock Kubernetes API on 127.0.0.1, the real kopf operator as a
+process, a moto S3 server, and a test kubelet that runs every pod's command as a local process.
+
+Each test applies a FineTuneJob through the official client and watches what a user would
+see: phases, conditions, Events, children, and the artifacts in S3.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from operator_env import SIGKILL, Kube, OperatorProcess, finetunejob, phase_recorder, s3_secret, wait_for
+
+from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
+from harness import Cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
+
+TRAIN_TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def staged(s3_endpoint: str, tiny_model_dir: Path) -> dict[str, str]:
+    """The tiny model and the quickstart data in a bucket, once for the module."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        **{k.lower(): v for k, v in FAKE_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
+        region_name="us-east-1",
+    )
+    bucket = "kubetune-e2e"
+    s3.create_bucket(Bucket=bucket)
+    upload_dir(s3, tiny_model_dir, bucket, "models/tiny")
+    s3.upload_file(str(ROOT / "examples/quickstart/numbers.jsonl"), bucket, "data/numbers.jsonl")
+    s3.put_object(Bucket=bucket, Key="data/broken.jsonl", Body=b'{"prompt": "a", "completion": "b"}\n{not json\n')
+    return {"bucket": bucket, "endpoint": s3_endpoint}
+
+
+@pytest.fixture
+def s3(staged: dict[str, str]) -> Any:
+    creds = {k.lower(): v for k, v in FAKE_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"}
+    return boto3.client("s3", endpoint_url=staged["endpoint"], region_name="us-east-1", **creds)
+
+
+@pytest.fixture
+def cluster(kube_api: Any, tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster(
+        kube_api,
+        work_root=tmp_path / "nodes",
+        extra_env={"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1"},
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def kube(kube_api: Any) -> Kube:
+    kube = Kube(kube_api.api_client())
+    kube.core.create_namespaced_secret("default", s3_secret())
+    return kube
+
+
+@pytest.fixture
+def operator(kube_api: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kube_api.kubeconfig, tmp_path / "operator.log").start()
+    yield process
+    process.stop()
+
+
+def objects_under(s3: Any, bucket: str, prefix: str) -> set[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {obj["Key"][len(prefix) :] for page in pages for obj in page.get("Contents", [])}
+
+
+def trainer_pods(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in cluster.pods(f"kubetune.io/finetunejob={name},app.kubernetes.io/component=trainer")
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def running_trainer(cluster: Cluster, kube: Kube, name: str, with_checkpoint: bool = True) -> dict[str, Any]:
+    """Wait until the operator reports the trainer running (and a checkpoint saved)."""
+
+    def probe() -> dict[str, Any] | None:
+        status = kube.status(name)
+        if status.get("phase") in {"Failed", "Succeeded"}:
+            raise AssertionError(f"{name} finished before the test could act: {status}")
+        ready = status.get("phase") == "Running" and (status.get("checkpoints") or not with_checkpoint)
+        return status if ready else None
+
+    return wait_for(probe, TRAIN_TIMEOUT, f"{name} running with a checkpoint")
+
+
+# -- the happy path ------------------------------------------------------------------------------
+
+
+def test_happy_path_validates_trains_and_publishes_artifacts(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str], s3: Any, kube_api: Any
+) -> None:
+    kube.apply(finetunejob("happy", staged["bucket"], staged["endpoint"]))
+    phases = phase_recorder(kube, "happy")
+    status = kube.wait_phase("happy", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
+    seen = phases()
+    assert status["phase"] == "Succeeded", status
+
+    # The story `kubectl get ftj` tells, in order, with no GPU Job before the data passed.
+    assert seen[0] in {"Validating", "Pending"} and seen[-1] == "Succeeded"
+    assert seen.index("Validating") < seen.index("Initializing") < seen.index("Succeeded")
+    conditions = {c["type"]: c for c in status["conditions"]}
+    for kind in ("SpecValid", "DataValidated", "Admitted", "Complete"):
+        assert conditions[kind]["status"] == "True", conditions[kind]
+        assert conditions[kind]["observedGeneration"] == 1
+    assert status["preflight"]["trainRows"] == 900 and status["preflight"]["estimatedSteps"] == 30
+    assert status["progress"]["percent"] == "100%" and status["progress"]["step"] == 30
+    assert status["metrics"]["trainLoss"] > 0 and status["metrics"]["evalLoss"] > 0
+    assert status["attempts"] == 1 and status["trainedTokens"] > 0
+    assert [c["step"] for c in status["checkpoints"]][-1] >= 20
+
+    outputs = objects_under(s3, staged["bucket"], "out/happy/")
+    assert {"manifest.json", "adapter_model.safetensors", "adapter_config.json", "metrics.json", "eval.json"} <= outputs
+    assert status["artifacts"]["manifestUri"] == f"s3://{staged['bucket']}/out/happy/manifest.json"
+
+    # one preflight Job and one trainer Job, each owned by the FineTuneJob
+    assert kube.jobs("happy") == ["happy-preflight", "happy-train-1"]
+    uid = kube.get("happy")["metadata"]["uid"]  # type: ignore[index]
+    for name in kube.jobs("happy"):
+        owners = kube.batch.read_namespaced_job(name, "default").metadata.owner_references
+        assert [(o.kind, o.uid, o.controller) for o in owners] == [("FineTuneJob", uid, True)]
+
+    events = kube.events("happy")
+    for reason in ("Validating", "DataValidated", "Initializing", "Succeeded"):
+        assert ("Normal", reason) in events, events
+
+    metrics = operator.metrics()
+    assert 'kubetune_finetunejobs{phase="Succeeded"} 1.0' in metrics
+    assert 'kubetune_finetunejob_phase_transitions_total{from_phase="Running",to_phase=' in metrics or (
+        "kubetune_finetunejob_phase_transitions_total" in metrics
+    )
+    assert "kubetune_reconcile_duration_seconds_count" in metrics
+
+    # kubectl reads the printer columns of the generated CRD.
+    table = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kube_api.kubeconfig), "get", "ftj", "-o", "wide"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA"]
+    assert row.split()[:3] == ["happy", "Succeeded", "100%"]
+
+
+# -- failures before any GPU ---------------------------------------------------------------------
+
+
+def test_bad_dataset_fails_in_preflight_and_no_trainer_job_is_created(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    body = finetunejob("baddata", staged["bucket"], staged["endpoint"])
+    body["spec"]["dataset"]["train"] = f"s3://{staged['bucket']}/data/broken.jsonl"
+    kube.apply(body)
+    status = kube.wait_phase("baddata", {"Failed", "Succeeded"}, 120, operator.check_alive)
+    assert status["error"]["reason"] == "DatasetInvalid", status
+    assert "line 2" in status["error"]["message"] and status["error"]["exitCode"] == 12
+    assert {c["type"]: c["status"] for c in status["conditions"]}["DataValidated"] == "False"
+    assert kube.jobs("baddata") == ["baddata-preflight"]  # no GPU Job, ever
+    assert ("Warning", "DatasetInvalid") in kube.events("baddata")
+    assert all(
+        p["metadata"]["labels"]["app.kubernetes.io/component"] == "preflight"
+        for p in cluster.pods("kubetune.io/finetunejob=baddata")
+    )
+
+
+def test_invalid_spec_fails_without_pods(kube: Kube, cluster: Cluster, operator: OperatorProcess) -> None:
+    body = finetunejob("invalid", "bucket-x", "http://127.0.0.1:1")
+    body["spec"]["lora"]["r"] = 0
+    body["spec"]["dataset"]["train"] = "data/train.jsonl"  # a path inside the image, not the user's data
+    kube.apply(body)
+    status = kube.wait_phase("invalid", {"Failed"}, 30, operator.check_alive)
+    assert status["error"]["reason"] == "InvalidSpec"
+    assert "spec.lora.r" in status["error"]["message"] and "spec.dataset.train" in status["error"]["message"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["SpecValid"] == "False"
+    assert kube.children("invalid") == [] and cluster.pods("kubetune.io/finetunejob=invalid") == []
+    assert ("Warning", "InvalidSpec") in kube.events("invalid")
+
+
+# -- interruptions -------------------------------------------------------------------------------
+
+LONG = {"maxSteps": 400, "checkpointEverySteps": 20}
+
+
+def test_killed_trainer_is_retried_and_the_retry_resumes_from_a_checkpoint(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    kube.apply(finetunejob("killed", staged["bucket"], staged["endpoint"], training=LONG, backoffLimit=2))
+    running = running_trainer(cluster, kube, "killed")
+    (victim,) = trainer_pods(cluster, "killed")
+    cluster.kill(victim["metadata"]["name"], SIGKILL)
+
+    status = kube.wait_phase("killed", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
+    assert status["phase"] == "Succeeded", status
+    assert status["attempts"] == 2
+    assert status["lastFailure"]["reason"] == "Killed"
+    assert kube.jobs("killed") == ["killed-preflight", "killed-train-1", "killed-train-2"]
+    retry_pod = next(p for p in cluster.pods("kubetune.io/attempt=2") if p["metadata"]["name"].startswith("killed"))
+    log = cluster.log(retry_pod["metadata"]["name"])
+    assert "resumed from checkpoint step" in log, log[-2000:]
+    resumed_from = int(log.split("resumed from checkpoint step")[1].split()[0].strip(":,"))
+    assert resumed_from >= running["checkpoints"][-1]["step"]
+    retrying = [e for e in kube.events("killed") if e[1] == "Retrying"]
+    assert retrying == [("Warning", "Retrying")]
+
+
+def test_delete_cancels_the_trainer_and_removes_children(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    kube.apply(finetunejob("cancelled", staged["bucket"], staged["endpoint"], training=LONG))
+    running_trainer(cluster, kube, "cancelled", with_checkpoint=False)
+    (pod,) = trainer_pods(cluster, "cancelled")
+    kube.delete("cancelled")
+    wait_for(lambda: kube.get("cancelled") is None, 60, "the FineTuneJob to go", operator.check_alive)
+    wait_for(lambda: kube.children("cancelled") == [], 30, "children to go")
+    wait_for(lambda: cluster.pods("kubetune.io/finetunejob=cancelled") == [], 60, "pods to go")
+    # The trainer got SIGTERM (not SIGKILL) and checkpointed on its way out.
+    log = cluster.log(pod["metadata"]["name"])
+    assert "SIGTERM" in log or "Preempted" in log, log[-2000:]
+    assert ("Normal", "UserCancelled") in kube.events("cancelled")
+
+
+def test_suspend_stops_the_trainer_and_resume_continues_from_its_checkpoint(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    kube.apply(finetunejob("paused", staged["bucket"], staged["endpoint"], training=LONG))
+    running_trainer(cluster, kube, "paused", with_checkpoint=False)
+    kube.patch_spec("paused", {"suspend": True})
+    status = kube.wait_phase("paused", {"Suspended"}, 60, operator.check_alive)
+    wait_for(lambda: trainer_pods(cluster, "paused") == [], 120, "the trainer pod to stop")
+    assert {c["type"]: c["status"] for c in kube.status("paused")["conditions"]}["Suspended"] == "True"
+    assert kube.batch.read_namespaced_job("paused-train-1", "default").spec.suspend is True
+
+    kube.patch_spec("paused", {"suspend": False})
+    status = kube.wait_phase("paused", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
+    assert status["phase"] == "Succeeded", status
+    assert status["attempts"] == 1  # suspension is not a failure
+    assert kube.jobs("paused") == ["paused-preflight", "paused-train-1"]
+    second = [p for p in cluster.started_pods if p.startswith("paused-train-1")][-1]
+    assert "resumed from checkpoint step" in cluster.log(second)
+    assert ("Normal", "Suspended") in kube.events("paused")
+
+
+def test_operator_restart_mid_job_converges_without_duplicates(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    kube.apply(finetunejob("restart", staged["bucket"], staged["endpoint"], training={"maxSteps": 200}))
+    running_trainer(cluster, kube, "restart", with_checkpoint=False)
+    operator.stop(SIGKILL)  # no graceful shutdown: state must come from the cluster alone
+    operator.start()
+    status = kube.wait_phase("restart", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
+    assert status["phase"] == "Succeeded", status
+    assert kube.jobs("restart") == ["restart-preflight", "restart-train-1"]
+    assert len([p for p in cluster.started_pods if p.startswith("restart-train-1")]) == 1
+    assert status["attempts"] == 1
+    succeeded = [e for e in kube.events("restart") if e[1] == "Succeeded"]
+    assert succeeded == [("Normal", "Succeeded")]
+
+
+def test_ttl_after_finished_deletes_the_job_and_its_children(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    body = finetunejob("expiring", staged["bucket"], staged["endpoint"], ttlSecondsAfterFinished=2)
+    body["spec"]["dataset"]["train"] = f"s3://{staged['bucket']}/data/broken.jsonl"
+    kube.apply(body)
+    kube.wait_phase("expiring", {"Failed"}, 120, operator.check_alive)
+    assert kube.children("expiring") != []
+    wait_for(lambda: kube.get("expiring") is None, 30, "ttlSecondsAfterFinished to delete the job")
+    wait_for(lambda: kube.children("expiring") == [], 30, "children to go")
+
+
+def test_queued_job_waits_for_kueue_to_admit_it(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    body = finetunejob("queued", staged["bucket"], staged["endpoint"], queueName="gpu-queue")
+    body["spec"]["preflight"] = {"enabled": False}
+    kube.apply(body)
+    status = kube.wait_phase("queued", {"Queued"}, 60, operator.check_alive)
+    job = kube.batch.read_namespaced_job("queued-train-1", "default")
+    assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert cluster.pods("kubetune.io/finetunejob=queued") == []
+    assert 'kubetune_finetunejobs{phase="Queued"} 1.0' in operator.metrics()
+    # Kueue admits by un-suspending the Job; the operator follows.
+    kube.batch.patch_namespaced_job(
+        "queued-train-1", "default", {"spec": {"suspend": False}}, _content_type="application/merge-patch+json"
+    )
+    status = kube.wait_phase("queued", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
+    assert status["phase"] == "Succeeded", status
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Admitted"] == "True"
+    assert json.loads(json.dumps(status["conditions"]))  # plain JSON all the way

@@ -1,0 +1,475 @@
+"""The test harness itself: the kmock-based API server and the one-node cluster, through the kubernetes client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from harness import Cluster, RunningApiServer
+
+GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
+PY = sys.executable
+
+
+@pytest.fixture
+def client(kube_api: RunningApiServer) -> Iterator[kubernetes.client.ApiClient]:
+    api_client = kube_api.api_client()
+    yield api_client
+    api_client.close()
+
+
+def core(client: kubernetes.client.ApiClient) -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(client)
+
+
+def batch(client: kubernetes.client.ApiClient) -> kubernetes.client.BatchV1Api:
+    return kubernetes.client.BatchV1Api(client)
+
+
+def custom(client: kubernetes.client.ApiClient) -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(client)
+
+
+def ftj(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+
+
+def job(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": "kubetune:test",
+        "command": command,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    container.update(spec.pop("container", {}))
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "terminationGracePeriodSeconds": 5}
+    pod_spec.update(spec.pop("pod", {}))
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}, **spec},
+    }
+
+
+def wait(predicate: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def job_condition(cluster: Cluster, name: str, ctype: str) -> dict[str, Any] | None:
+    for j in cluster.jobs():
+        if j["metadata"]["name"] == name:
+            for cond in (j.get("status") or {}).get("conditions") or []:
+                if cond["type"] == ctype and cond["status"] == "True":
+                    return dict(cond)
+    return None
+
+
+def terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return statuses[0]["state"].get("terminated") if statuses else None
+
+
+# ---------------------------------------------------------------------------- API server
+
+
+def test_server_owned_metadata(client: kubernetes.client.ApiClient) -> None:
+    api = custom(client)
+    created = api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, ftj("a", epochs=1))
+    meta = created["metadata"]
+    assert len(meta["uid"]) == 36 and meta["generation"] == 1 and meta["namespace"] == "default"
+    assert meta["creationTimestamp"].endswith("Z") and len(meta["creationTimestamp"]) == 20
+    rv = int(meta["resourceVersion"])
+
+    labelled = api.patch_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, "a", {"metadata": {"labels": {"x": "y"}}}
+    )
+    assert labelled["metadata"]["generation"] == 1 and int(labelled["metadata"]["resourceVersion"]) > rv
+    respec = api.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a", {"spec": {"epochs": 2}})
+    assert respec["metadata"]["generation"] == 2 and respec["metadata"]["uid"] == meta["uid"]
+    noop = api.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a", {"spec": {"epochs": 2}})
+    assert noop["metadata"]["resourceVersion"] == respec["metadata"]["resourceVersion"]
+
+    generated = core(client).create_namespaced_config_map("default", {"metadata": {"generateName": "cm-"}})
+    assert generated.metadata.name.startswith("cm-") and len(generated.metadata.name) == 8
+
+    with pytest.raises(ApiException) as conflict:
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, ftj("a"))
+    assert conflict.value.status == 409
+    with pytest.raises(ApiException) as stale:
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, "a", {"metadata": {"resourceVersion": str(rv)}, "spec": {"epochs": 3}}
+        )
+    assert stale.value.status == 409
+    with pytest.raises(ApiException) as invalid:
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, ftj("Not_A_Name"))
+    assert invalid.value.status == 422
+    with pytest.raises(ApiException) as no_ns:
+        api.create_namespaced_custom_object(GROUP, VERSION, "nowhere", PLURAL, ftj("b"))
+    assert no_ns.value.status == 404
+
+
+def test_status_subresource(client: kubernetes.client.ApiClient) -> None:
+    api = custom(client)
+    created = api.create_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, {**ftj("a", epochs=1), "status": {"phase": "Ignored"}}
+    )
+    assert "status" not in created
+    main = api.patch_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, "a", {"status": {"phase": "Nope"}, "metadata": {"labels": {"k": "v"}}}
+    )
+    assert "status" not in main and main["metadata"]["labels"] == {"k": "v"}
+    status = api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, "default", PLURAL, "a", {"status": {"phase": "Running"}, "spec": {"epochs": 9}}
+    )
+    assert status["status"] == {"phase": "Running"} and status["spec"] == {"epochs": 1}
+    assert status["metadata"]["generation"] == 1
+    json_patched = api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, "default", PLURAL, "a", [{"op": "replace", "path": "/status/phase", "value": "Done"}]
+    )
+    assert json_patched["status"]["phase"] == "Done"
+
+
+def test_label_and_field_selectors(client: kubernetes.client.ApiClient) -> None:
+    v1 = core(client)
+    for name, labels in [("a", {"app": "x", "tier": "1"}), ("b", {"app": "y"}), ("c", {"tier": "2"})]:
+        v1.create_namespaced_config_map("default", {"metadata": {"name": name, "labels": labels}})
+
+    def names(selector: str = "", fields: str = "") -> list[str]:
+        items = v1.list_namespaced_config_map("default", label_selector=selector, field_selector=fields).items
+        return [cm.metadata.name for cm in items]
+
+    assert names("app=x") == ["a"] and names("app==y") == ["b"]
+    assert names("app!=x") == ["b", "c"] and names("tier") == ["a", "c"] and names("!tier") == ["b"]
+    assert names("app in (x,y)") == ["a", "b"] and names("app notin (x),tier") == ["c"]
+    assert names("app in (x, y),tier=1") == ["a"]
+    assert names(fields="metadata.name=b") == ["b"] and names(fields="metadata.name!=b") == ["a", "c"]
+    with pytest.raises(ApiException) as bad:
+        names("app in x")
+    assert bad.value.status == 400
+
+    listing = v1.list_namespaced_config_map("default")
+    assert int(listing.metadata.resource_version) > 0
+    events = [
+        (e["type"], e["object"].metadata.name)
+        for e in kubernetes.watch.Watch().stream(
+            v1.list_namespaced_config_map, "default", label_selector="app", timeout_seconds=1
+        )
+    ]
+    assert sorted(events) == [("ADDED", "a"), ("ADDED", "b")]
+
+
+def test_watch_resumes_from_resource_version_and_reports_selector_transitions(
+    client: kubernetes.client.ApiClient,
+) -> None:
+    v1 = core(client)
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "a", "labels": {"app": "x"}}})
+    rv = v1.list_namespaced_config_map("default").metadata.resource_version
+    v1.patch_namespaced_config_map("a", "default", {"metadata": {"labels": {"app": "y"}}})
+    v1.patch_namespaced_config_map("a", "default", {"metadata": {"labels": {"app": "x"}}})
+    v1.delete_namespaced_config_map("a", "default")
+    stream = kubernetes.watch.Watch().stream(
+        v1.list_namespaced_config_map, "default", label_selector="app=x", resource_version=rv, timeout_seconds=1
+    )
+    assert [e["type"] for e in stream] == ["DELETED", "ADDED", "DELETED"]
+
+
+def test_finalizers_and_garbage_collection(client: kubernetes.client.ApiClient, kube_api: RunningApiServer) -> None:
+    api, v1 = custom(client), core(client)
+    owner = api.create_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, {**ftj("owner"), "metadata": {"name": "owner", "finalizers": ["x/y"]}}
+    )
+    ref = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "name": "owner", "uid": owner["metadata"]["uid"]}
+    child = v1.create_namespaced_config_map("default", {"metadata": {"name": "child", "ownerReferences": [ref]}})
+    grandchild_ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "child", "uid": child.metadata.uid}
+    v1.create_namespaced_secret("default", {"metadata": {"name": "grandchild", "ownerReferences": [grandchild_ref]}})
+    held = {"name": "held", "ownerReferences": [ref], "finalizers": ["keep/me"]}
+    v1.create_namespaced_service("default", {"metadata": held, "spec": {"clusterIP": "None"}})
+
+    api.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "owner")
+    marked = api.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "owner")
+    assert marked["metadata"]["deletionTimestamp"] and v1.read_namespaced_config_map("child", "default")
+
+    api.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "owner", {"metadata": {"finalizers": None}})
+    assert kube_api.api.objects_of(GROUP, VERSION, PLURAL) == []
+    assert kube_api.api.objects_of("", "v1", "configmaps") == []
+    assert kube_api.api.objects_of("", "v1", "secrets") == []
+    [service] = kube_api.api.objects_of("", "v1", "services")
+    assert service["metadata"]["deletionTimestamp"]
+
+    dangling = {**ref, "uid": "00000000-0000-0000-0000-000000000000"}
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "stray", "ownerReferences": [dangling]}})
+    wait(lambda: kube_api.api.objects_of("", "v1", "configmaps") == [])
+
+
+def test_namespaces(client: kubernetes.client.ApiClient) -> None:
+    v1 = core(client)
+    assert {ns.metadata.name for ns in v1.list_namespace().items} >= {"default", "kube-system"}
+    assert v1.read_namespace("default").status.phase == "Active"
+    v1.create_namespace({"metadata": {"name": "team"}})
+    v1.create_namespaced_config_map("team", {"metadata": {"name": "x"}})
+    v1.delete_namespace("team")
+    assert v1.list_namespaced_config_map("team").items == []
+    with pytest.raises(ApiException) as gone:
+        v1.read_namespace("team")
+    assert gone.value.status == 404
+
+
+def kubectl(kube_api: RunningApiServer, tmp_path: Path, *args: str) -> str:
+    assert kube_api.kubeconfig is not None
+    env = {**os.environ, "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kube_api.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    return result.stdout
+
+
+def test_kubectl_get_uses_the_crd_printer_columns(
+    client: kubernetes.client.ApiClient, kube_api: RunningApiServer, tmp_path: Path
+) -> None:
+    api = custom(client)
+    api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, ftj("tune-1", resources={"gpus": 2}))
+    api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, "default", PLURAL, "tune-1", {"status": {"phase": "Training", "metrics": {"trainLoss": 1.5}}}
+    )
+    lines = kubectl(kube_api, tmp_path, "get", "ftj").splitlines()
+    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
+    assert lines[1].split()[:3] == ["tune-1", "Training", "1.5"]
+    wide = kubectl(kube_api, tmp_path, "get", "finetunejobs", "-o", "wide").splitlines()
+    assert wide[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS"]
+    assert "2" in wide[1].split()
+    assert "tune-1" in kubectl(kube_api, tmp_path, "get", "kubetune")
+    assert "No resources found" in kubectl(kube_api, tmp_path, "get", "pods,jobs") + "No resources found"
+    assert (
+        json.loads(kubectl(kube_api, tmp_path, "get", "ftj", "tune-1", "-o", "json"))["status"]["phase"] == "Training"
+    )
+
+
+# ---------------------------------------------------------------------------- cluster
+
+
+def test_job_runs_to_complete_with_termination_message(
+    client: kubernetes.client.ApiClient, kube_cluster: Cluster
+) -> None:
+    script = "import sys; open(sys.argv[1], 'w').write('{\"ok\": true}'); print('hello')"
+    body = job("ok", [PY, "-c", script, "/dev/termination-log"])
+    batch(client).create_namespaced_job("default", body)
+    cond = wait(lambda: job_condition(kube_cluster, "ok", "Complete"))
+    assert cond
+    [pod] = kube_cluster.pods("job-name=ok")
+    assert pod["metadata"]["ownerReferences"][0]["controller"] is True
+    assert pod["status"]["phase"] == "Succeeded"
+    state = terminated(pod)
+    assert state is not None
+    assert state["exitCode"] == 0 and state["reason"] == "Completed" and json.loads(state["message"]) == {"ok": True}
+    assert kube_cluster.log(pod["metadata"]["name"]) == "hello\n"
+    [j] = kube_cluster.jobs()
+    assert j["status"]["succeeded"] == 1 and j["status"]["active"] == 0 and j["status"]["completionTime"]
+    # pods/log is served from the pod's log file (the client's "str" decoding is broken, so read raw bytes)
+    raw = core(client).read_namespaced_pod_log(pod["metadata"]["name"], "default", _preload_content=False)
+    assert raw.data == b"hello\n"
+
+
+def test_failing_pod_fails_the_job(client: kubernetes.client.ApiClient, kube_cluster: Cluster) -> None:
+    script = "import sys; print('x' * 3000); print('boom: bad config'); sys.exit(3)"
+    batch(client).create_namespaced_job("default", job("bad", [PY, "-c", script]))
+    cond = wait(lambda: job_condition(kube_cluster, "bad", "Failed"))
+    assert cond["reason"] == "BackoffLimitExceeded"
+    [pod] = kube_cluster.pods("job-name=bad")
+    state = terminated(pod)
+    assert state is not None and state["exitCode"] == 3 and state["reason"] == "Error"
+    assert state["message"].endswith("boom: bad config\n") and len(state["message"]) == 2048
+    assert pod["status"]["phase"] == "Failed"
+    time.sleep(0.3)
+    assert len(kube_cluster.pods("job-name=bad")) == 1  # backoffLimit 0: never a second pod
+
+
+def test_env_from_secret_and_var_expansion(client: kubernetes.client.ApiClient, kube_cluster: Cluster) -> None:
+    v1 = core(client)
+    v1.create_namespaced_secret("default", {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}})
+    env = [
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+        {"name": "GREETING", "value": "hi-$(TOKEN)"},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "MISSING", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": True}}},
+    ]
+    script = "import os, sys; print(sys.argv[1], os.environ['GREETING'], os.environ['POD'], 'MISSING' in os.environ)"
+    batch(client).create_namespaced_job("default", job("env", [PY, "-c", script, "$(TOKEN)"], container={"env": env}))
+    wait(lambda: job_condition(kube_cluster, "env", "Complete"))
+    [pod] = kube_cluster.pods("job-name=env")
+    assert kube_cluster.log(pod["metadata"]["name"]) == f"s3cr3t hi-s3cr3t {pod['metadata']['name']} False\n"
+
+    broken = [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "token"}}}]
+    batch(client).create_namespaced_job("default", job("noenv", [PY, "-c", "pass"], container={"env": broken}))
+
+    def waiting() -> dict[str, Any] | None:
+        pods = kube_cluster.pods("job-name=noenv")
+        statuses = (pods[0].get("status") or {}).get("containerStatuses") if pods else None
+        return statuses[0]["state"].get("waiting") if statuses else None
+
+    state = wait(waiting)
+    assert state["reason"] == "CreateContainerConfigError" and state["message"] == 'secret "absent" not found'
+
+
+def test_configmap_volume_path_mapping_and_pod_ip(client: kubernetes.client.ApiClient, kube_cluster: Cluster) -> None:
+    port = 18000 + os.getpid() % 1000
+    config = {"metrics_host": "0.0.0.0", "metrics_port": port, "cache_dir": "/cache", "work_dir": "/tmp/run"}
+    config["termination_message_path"] = "/dev/termination-log"
+    core(client).create_namespaced_config_map(
+        "default", {"metadata": {"name": "cfg"}, "data": {"trainer.json": json.dumps(config)}}
+    )
+    server = textwrap.dedent(
+        """
+        import json, socket, sys
+        cfg = json.load(open(sys.argv[2]))
+        open(cfg["cache_dir"] + "/marker", "w").write("cached")
+        sock = socket.create_server((cfg["metrics_host"], cfg["metrics_port"]))
+        print(json.dumps(cfg), flush=True)
+        conn, _ = sock.accept()
+        conn.sendall(b"pong")
+        conn.close()
+        open(cfg["termination_message_path"], "w").write("served")
+        """
+    )
+    volumes = [
+        {"name": "config", "configMap": {"name": "cfg"}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts = [
+        {"name": "config", "mountPath": "/etc/kubetune", "readOnly": True},
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    command = [PY, "-c", server, "--config", "/etc/kubetune/trainer.json"]
+    for name in ("srv-a", "srv-b"):  # two pods serve the same port, each on its own pod IP
+        body = job(name, command, container={"volumeMounts": mounts}, pod={"volumes": volumes})
+        batch(client).create_namespaced_job("default", body)
+
+    def running_ips() -> list[str] | None:
+        pods = [p for p in kube_cluster.pods("app") if (p.get("status") or {}).get("phase") == "Running"]
+        ready = len(pods) == 2 and all(kube_cluster.log(p["metadata"]["name"]) for p in pods)
+        return [p["status"]["podIP"] for p in pods] if ready else None
+
+    ips = wait(running_ips)
+    assert len(set(ips)) == 2 and all(ip.startswith("127.0.0.") and ip != "127.0.0.1" for ip in ips)
+    for ip in ips:
+        with socket.create_connection((ip, port), timeout=5) as conn:
+            assert conn.recv(4) == b"pong"
+    wait(lambda: job_condition(kube_cluster, "srv-a", "Complete") and job_condition(kube_cluster, "srv-b", "Complete"))
+    pod = kube_cluster.pods("job-name=srv-a")[0]
+    name = pod["metadata"]["name"]
+    seen = json.loads(kube_cluster.log(name))
+    pod_dir = kube_cluster.pod_dir(name)
+    assert seen["metrics_host"] == pod["status"]["podIP"]
+    assert Path(seen["cache_dir"]).is_relative_to(pod_dir) and Path(seen["work_dir"]).is_relative_to(pod_dir)
+    assert (Path(seen["cache_dir"]) / "marker").read_text() == "cached"
+    assert terminated(pod)["message"] == "served"  # type: ignore[index]
+
+
+def test_suspend_deletes_the_pod_and_resume_starts_a_new_one(
+    client: kubernetes.client.ApiClient, kube_cluster: Cluster, tmp_path: Path
+) -> None:
+    marker = tmp_path / "sigterm"
+    script = textwrap.dedent(
+        f"""
+        import signal, sys, time
+        def stop(*_):
+            open({str(marker)!r}, "a").write("TERM\\n")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print("up", flush=True)
+        time.sleep(60)
+        """
+    )
+    batch(client).create_namespaced_job("default", job("sus", [PY, "-c", script]))
+    first = wait(lambda: [p for p in kube_cluster.pods("job-name=sus") if kube_cluster.log(p["metadata"]["name"])])
+    first_name = first[0]["metadata"]["name"]
+
+    batch(client).patch_namespaced_job("sus", "default", {"spec": {"suspend": True}})
+    wait(lambda: job_condition(kube_cluster, "sus", "Suspended"))
+    wait(lambda: kube_cluster.pods("job-name=sus") == [])
+    assert marker.read_text() == "TERM\n"
+    [suspended] = kube_cluster.jobs()
+    assert "startTime" not in suspended["status"] and suspended["status"]["active"] == 0
+
+    batch(client).patch_namespaced_job("sus", "default", {"spec": {"suspend": False}})
+    second = wait(lambda: [p for p in kube_cluster.pods("job-name=sus") if kube_cluster.log(p["metadata"]["name"])])
+    assert second[0]["metadata"]["name"] != first_name
+    assert kube_cluster.started_pods == [first_name, second[0]["metadata"]["name"]]
+    [resumed] = kube_cluster.jobs()
+    assert resumed["status"]["startTime"] and not job_condition(kube_cluster, "sus", "Suspended")
+
+    batch(client).delete_namespaced_job("sus", "default", propagation_policy="Background")
+    wait(lambda: kube_cluster.pods("job-name=sus") == [] and marker.read_text() == "TERM\nTERM\n")
+
+
+def test_active_deadline_and_kill(client: kubernetes.client.ApiClient, kube_cluster: Cluster) -> None:
+    sleeper = [PY, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+    batch(client).create_namespaced_job("default", job("slow", sleeper, activeDeadlineSeconds=1))
+    cond = wait(lambda: job_condition(kube_cluster, "slow", "Failed"))
+    assert cond["reason"] == "DeadlineExceeded"
+    wait(lambda: kube_cluster.pods("job-name=slow") == [])
+
+    batch(client).create_namespaced_job("default", job("victim", sleeper))
+    pod = wait(lambda: [p for p in kube_cluster.pods("job-name=victim") if kube_cluster.log(p["metadata"]["name"])])[0]
+    kube_cluster.kill(pod["metadata"]["name"])
+    wait(lambda: job_condition(kube_cluster, "victim", "Failed"))
+    state = terminated(kube_cluster.pods("job-name=victim")[0])
+    assert state is not None and state["exitCode"] == 137 and state["reason"] == "Error"
+
+
+def test_indexed_job(client: kubernetes.client.ApiClient, kube_cluster: Cluster) -> None:
+    script = "import os; print(os.environ['JOB_COMPLETION_INDEX'])"
+    body = job("idx", [PY, "-c", script], completionMode="Indexed", completions=3, parallelism=3)
+    batch(client).create_namespaced_job("default", body)
+    wait(lambda: job_condition(kube_cluster, "idx", "Complete"))
+    pods = kube_cluster.pods("job-name=idx")
+    indexes = sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods)
+    assert indexes == ["0", "1", "2"]
+    for p in pods:
+        index = p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"]
+        assert p["metadata"]["name"].startswith(f"idx-{index}-")
+        assert kube_cluster.log(p["metadata"]["name"]) == f"{index}\n"
+    assert kube_cluster.jobs()[0]["status"]["completedIndexes"] == "0-2"
+
+
+def test_gpu_pods_stay_unschedulable(client: kubernetes.client.ApiClient, kube_cluster: Cluster) -> None:
+    body = job("gpu", [PY, "-c", "pass"], container={"resources": {"limits": {"nvidia.com/gpu": 1}}})
+    batch(client).create_namespaced_job("default", body)
+
+    def unschedulable() -> dict[str, Any] | None:
+        pods = kube_cluster.pods("job-name=gpu")
+        conds = (pods[0].get("status") or {}).get("conditions") or [] if pods else []
+        return next((c for c in conds if c["type"] == "PodScheduled" and c["status"] == "False"), None)
+
+    cond = wait(unschedulable)
+    assert cond["reason"] == "Unschedulable"
+    assert cond["message"] == "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    assert kube_cluster.pods("job-name=gpu")[0]["status"]["phase"] == "Pending"
+    assert kube_cluster.started_pods == []
