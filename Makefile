@@ -37,7 +37,7 @@ lint: $(VENV)/.dev-installed
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator
-	$(BIN)/mypy bench/train_throughput.py
+	$(BIN)/mypy bench/train_throughput.py bench/operator_scale.py
 
 crds: $(BIN)/python
 	PYTHONPATH=api $(BIN)/python -m kubetune_api.crd > crds/kubetune.io_finetunejobs.yaml

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -43,7 +44,9 @@ class Controller:
         # The status this process last wrote, per job. The operator is the only writer of
         # status, and the watch stream may lag behind our own patch: deciding from the
         # stale copy would repeat Events. A restarted operator starts from the API's copy.
-        self._written: dict[Key, JSON] = {}
+        # Kept as compact JSON: a status holds the accepted spec, and as nested dicts that
+        # costs several times more memory per job.
+        self._written: dict[Key, str] = {}
         self._generations: dict[Key, int] = {}
         # Children this process created recently: the next reconcile often runs before the
         # watch delivers them to the index, and a second create would only earn a 409.
@@ -97,7 +100,8 @@ class Controller:
         key: Key = (meta.get("namespace") or "", meta["name"])
         started = time.perf_counter()
         try:
-            status = copy.deepcopy(self._written.get(key) or dict(body.get("status") or {}))
+            written = self._written.get(key)
+            status = json.loads(written) if written else copy.deepcopy(dict(body.get("status") or {}))
             pod_views = tuple(pods)
             generation = int(meta.get("generation") or 1)
             self._generations[key] = generation  # events from here on about this generation need no wakeup
@@ -150,7 +154,7 @@ class Controller:
         patch = merge_patch(old, plan.status)
         if patch:
             await self.kube.patch_status(namespace, name, patch)
-            self._written[key] = plan.status
+            self._written[key] = json.dumps(plan.status, separators=(",", ":"))
         for event in plan.events:
             post_event(event.type, event.reason, event.message)
         self._record(key, old, plan)

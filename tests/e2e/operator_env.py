@@ -42,7 +42,7 @@ def free_port_pair() -> int:
 class OperatorProcess:
     """`python -m kubetune_operator.main -A` against the emulator, restartable."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, **settings: str) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, *args: str, **settings: str) -> None:
         self.port = free_port_pair()
         self.log_path = log_path
         self.env = {
@@ -56,6 +56,7 @@ class OperatorProcess:
             "KUBETUNE_METRICS_PORT": str(free_port()),
             **settings,
         }
+        self.args = list(args) or ["--all-namespaces"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -64,7 +65,7 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         log.write(f"\n===== operator start #{self.starts} =====\n".encode())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune_operator.main", "--all-namespaces"],
+            [sys.executable, "-m", "kubetune_operator.main", *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -144,6 +144,7 @@ def test_happy_path_validates_trains_and_publishes_artifacts(
         "kubetune_finetunejob_phase_transitions_total" in metrics
     )
     assert "kubetune_reconcile_duration_seconds_count" in metrics
+    assert operator.get("/healthz", port=operator.port + 1) is not None  # kopf's liveness endpoint
 
     # kubectl reads the printer columns of the generated CRD.
     table = subprocess.run(
@@ -302,3 +303,48 @@ def test_queued_job_waits_for_kueue_to_admit_it(
     assert status["phase"] == "Succeeded", status
     assert {c["type"]: c["status"] for c in status["conditions"]}["Admitted"] == "True"
     assert json.loads(json.dumps(status["conditions"]))  # plain JSON all the way
+
+
+def test_a_pod_without_a_free_gpu_is_unschedulable_not_failed(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    """The test node has no GPU, so a 1-GPU trainer pod stays Pending, as on a busy cluster."""
+    body = finetunejob("waiting", staged["bucket"], staged["endpoint"], resources={"gpus": 1})
+    body["spec"]["preflight"] = {"enabled": False}
+    kube.apply(body)
+
+    def unschedulable() -> dict[str, Any] | None:
+        status = kube.status("waiting")
+        conditions = {c["type"]: c for c in status.get("conditions", [])}
+        return status if conditions.get("Unschedulable", {}).get("status") == "True" else None
+
+    status = wait_for(unschedulable, 60, "the Unschedulable condition", operator.check_alive)
+    assert status["phase"] == "Initializing"
+    assert "Insufficient nvidia.com/gpu" in {c["type"]: c for c in status["conditions"]}["Unschedulable"]["message"]
+    assert ("Warning", "Unschedulable") in kube.events("waiting")
+    assert "error" not in status
+
+
+def test_namespaced_operator_ignores_other_namespaces(kube_api: Any, kube: Kube, tmp_path: Path) -> None:
+    """`--namespace team-a` needs no cluster-wide lists (kopf's scanning is off) and sees only its namespace."""
+    for namespace in ("team-a", "team-b"):
+        kube.core.create_namespace({"metadata": {"name": namespace}})
+    operator = OperatorProcess(kube_api.kubeconfig, tmp_path / "operator.log", "--namespace", "team-a").start()
+    try:
+        for namespace in ("team-a", "team-b"):
+            body = finetunejob("scoped", "bucket-x", "http://127.0.0.1:1")
+            body["metadata"]["namespace"] = namespace
+            body["spec"]["lora"]["r"] = 0
+            kube.custom.create_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, "finetunejobs", body)
+
+        def phase(namespace: str) -> str | None:
+            obj = kube.custom.get_namespaced_custom_object(
+                "kubetune.io", "v1alpha1", namespace, "finetunejobs", "scoped"
+            )
+            return (obj.get("status") or {}).get("phase")
+
+        wait_for(lambda: phase("team-a") == "Failed", 30, "team-a's job to be handled", operator.check_alive)
+        assert phase("team-b") is None
+        assert "Traceback" not in operator.log() and "[ERROR" not in operator.log()
+    finally:
+        operator.stop()
