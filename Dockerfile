@@ -22,7 +22,8 @@ USER 65532:65532
 ENV HOME=/tmp PYTHONUNBUFFERED=1
 VOLUME ["/tmp"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["kopf", "run", "--standalone", "--all-namespaces", "-m", "kubetune_operator.handlers", "--liveness=http://0.0.0.0:8080/healthz"]
+# /readyz and /metrics on 8080, kopf's /healthz (liveness) on 8081; settings from KUBETUNE_* env.
+CMD ["kubetune-operator", "--all-namespaces"]
 
 # ---------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS trainer

@@ -16,7 +16,10 @@ import kopf
 
 from kubetune_api.spec import API_GROUP, API_VERSION, PLURAL
 from kubetune_operator.controller import Controller
+from kubetune_operator.kube import Kube, load_config
 from kubetune_operator.manifests import LABEL_JOB
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import TERMINAL, Phase
 from kubetune_operator.views import JobView, PodView, job_view, owner_key, pod_view
 
@@ -27,6 +30,14 @@ CHILD = {LABEL_JOB: kopf.PRESENT}
 def controller_of(memo: Any) -> Controller:
     controller: Controller = memo.controller
     return controller
+
+
+def ensure_controller(memo: Any) -> Controller:
+    """`kubetune-operator` passes a controller in the memo; plain `kopf run -m` gets one from env."""
+    if getattr(memo, "controller", None) is None:
+        settings = OperatorSettings.from_env()
+        memo.controller = Controller(settings, Kube(load_config(), settings.api_workers), OperatorMetrics())
+    return controller_of(memo)
 
 
 @kopf.on.startup()
@@ -43,7 +54,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.posting.level = logging.WARNING  # Events: ours, plus kopf's own warnings/errors
-    controller = controller_of(memo)
+    controller = ensure_controller(memo)
     settings.execution.max_workers = controller.settings.api_workers
     if controller.settings.namespace:
         # Namespaced mode needs no cluster-wide list of namespaces or CRDs (least privilege).
