@@ -246,9 +246,15 @@ def test_suspend_stops_the_trainer_and_resume_continues_from_its_checkpoint(
     assert {c["type"]: c["status"] for c in kube.status("paused")["conditions"]}["Suspended"] == "True"
     assert kube.batch.read_namespaced_job("paused-train-1", "default").spec.suspend is True
 
-    kube.patch_spec("paused", {"suspend": False})
+    # Resume, and try to swap the base model on the way: suspend applies, the model change does not.
+    kube.patch_spec("paused", {"suspend": False, "baseModel": {"uri": f"s3://{staged['bucket']}/models/other/"}})
     status = kube.wait_phase("paused", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
     assert status["phase"] == "Succeeded", status
+    applied = {c["type"]: c for c in status["conditions"]}["SpecApplied"]
+    assert (applied["status"], applied["reason"]) == ("False", "ImmutableFieldChanged")
+    assert "spec.baseModel" in applied["message"] and applied["observedGeneration"] == 3
+    assert status["acceptedSpec"]["baseModel"]["uri"].endswith("/models/tiny/")
+    assert ("Warning", "ImmutableFieldChanged") in kube.events("paused")
     assert status["attempts"] == 1  # suspension is not a failure
     assert kube.jobs("paused") == ["paused-preflight", "paused-train-1"]
     second = [p for p in cluster.started_pods if p.startswith("paused-train-1")][-1]
