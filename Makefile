@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: quickstart test lint typecheck crds crd-check unit pytest bench clean
+.PHONY: quickstart test system-deps lint typecheck crds crd-check unit pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ quickstart: examples/quickstart/model/config.json
 	$(BIN)/kubetune run examples/quickstart/finetunejob.yaml --overwrite
 
 ## test: lint, type-check, CRD drift check and the whole pytest suite (slow tests included)
-test: $(VENV)/.dev-installed lint typecheck crd-check pytest
+test: system-deps $(VENV)/.dev-installed lint typecheck crd-check pytest
+
+## system-deps: Debian packages the tests use (kubectl), installed when missing and we are root
+system-deps:
+	@.ci/system-deps
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check api operator trainer tests bench examples

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -249,6 +250,7 @@ def kubectl(kube_api: RunningApiServer, tmp_path: Path, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (make test installs it as root)")
 def test_kubectl_get_uses_the_crd_printer_columns(
     client: kubernetes.client.ApiClient, kube_api: RunningApiServer, tmp_path: Path
 ) -> None:
