@@ -462,6 +462,8 @@ def _progressing(draft: _Draft, spec: FineTuneJobSpec, job: JobView, pods: list[
     draft.clear_condition("Unschedulable", "Scheduled", "the trainer pod was scheduled")
     progress = draft.snapshot.progress
     if not progress:
+        if draft.old_phase in {Phase.RUNNING, Phase.EXPORTING}:
+            return draft.plan  # a missed poll (busy, or the process is exiting): no step backwards
         draft.condition("Running", True, "Started", f"trainer pod {rank0.name} is running")
         draft.phase(Phase.INITIALIZING, "the trainer is starting")
         return draft.plan

@@ -114,6 +114,8 @@ def test_happy_path_validates_trains_and_publishes_artifacts(
     # The story `kubectl get ftj` tells, in order, with no GPU Job before the data passed.
     assert seen[0] in {"Validating", "Pending"} and seen[-1] == "Succeeded"
     assert seen.index("Validating") < seen.index("Initializing") < seen.index("Succeeded")
+    if "Running" in seen:  # never a step backwards once training started
+        assert not {"Validating", "Initializing"} & set(seen[seen.index("Running") :]), seen
     conditions = {c["type"]: c for c in status["conditions"]}
     for kind in ("SpecValid", "DataValidated", "Admitted", "Complete"):
         assert conditions[kind]["status"] == "True", conditions[kind]

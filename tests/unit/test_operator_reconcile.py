@@ -368,6 +368,16 @@ def test_trainer_phases_map_to_job_phases(trainer_phase: str, step: int, phase: 
     assert plan.status["phase"] == phase
 
 
+def test_a_missed_progress_poll_never_moves_the_phase_backwards() -> None:
+    raw = spec()
+    running = decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),), progress=progress()), SETTINGS)
+    exporting = decide(
+        snap(raw, running.status, jobs=(kjob(),), pods=(kpod(),), progress=progress(phase="Exporting")), SETTINGS
+    )
+    missed = decide(snap(raw, exporting.status, jobs=(kjob(),), pods=(kpod(),), progress=None), SETTINGS)
+    assert missed.status["phase"] == "Exporting" and not missed.events
+
+
 def test_unschedulable_trainer_is_a_condition_while_pending() -> None:
     raw = spec()
     pending = kpod(
