@@ -27,15 +27,10 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -61,12 +56,12 @@ REQUEST_LOG_LIMIT = 1  # requests the emulator keeps for kmock's assertions (see
 _GO_TRUE = {"1", "t", "T", "true", "True", "TRUE"}
 
 
-def harness_apiserver() -> ModuleType:
-    """`tests/harness/apiserver.py`, imported at run time (tests/ is not a package on mypy's path)."""
+def harness(module: str) -> ModuleType:
+    """`tests/harness/<module>.py`, imported at run time (tests/ is not a package on mypy's path)."""
     for path in (ROOT / "tests", ROOT / "api"):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
-    return importlib.import_module("harness.apiserver")
+    return importlib.import_module(f"harness.{module}")
 
 
 # ---------------------------------------------------------------------------------------------- request counting
@@ -157,7 +152,7 @@ class RequestRecorder:
 
 def start_apiserver(recorder: RequestRecorder) -> Any:
     """The harness emulator with the FineTuneJob CRD, counting requests in a bench-only subclass."""
-    apiserver = harness_apiserver()
+    apiserver = harness("apiserver")
     base = apiserver.ApiServer
 
     async def counted_call(self: Any, raw_request: Any) -> Any:
@@ -178,95 +173,6 @@ def start_apiserver(recorder: RequestRecorder) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- the operator
-
-
-def free_port_pair() -> int:
-    """A port p with p + 1 free too (/metrics + /readyz on p, kopf's /healthz on p + 1)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-        try:
-            with socket.socket() as second:
-                second.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two adjacent free ports")
-
-
-class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
-        self.port = free_port_pair()
-        self.log_path = log_path
-        self.env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": str(log_path.parent),
-            "KUBECONFIG": str(kubeconfig),
-            "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("api", "operator")),
-            "KUBETUNE_HEALTH_PORT": str(self.port),
-            "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:bench",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> OperatorProcess:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubetune_operator.main", "--all-namespaces"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            if self.get("/readyz") == "ok":
-                return self
-            time.sleep(0.1)
-        raise TimeoutError(f"the operator was not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"the operator exited:\n{self.log_tail()}")
-
-    def get(self, path: str) -> str | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
-                return str(response.read().decode())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return None
-
-    def proc_status(self, key: str) -> int:
-        """A kB figure from /proc/<pid>/status (VmHWM, VmRSS), in bytes."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the operator process (all its threads)."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
 # ---------------------------------------------------------------------------------------------- the bench's side
@@ -566,10 +472,11 @@ def run(args: argparse.Namespace) -> Results:
     tmp = Path(tempfile.mkdtemp(prefix="kubetune-operator-scale-"))
     log_path = Path(args.operator_log) if args.operator_log else tmp / "operator.log"
     server = start_apiserver(recorder)
-    operator: OperatorProcess | None = None
+    operator: Any = None  # harness.operator_process.OperatorProcess
     watcher: JobWatcher | None = None
     try:
-        operator = OperatorProcess(server.write_kubeconfig(tmp / "kubeconfig"), log_path).start()
+        operator_process = harness("operator_process").OperatorProcess
+        operator = operator_process(server.write_kubeconfig(tmp / "kubeconfig"), log_path).start()
         print(f"emulator at {server.url}; operator pid {operator.pid} ready; log {log_path}", file=sys.stderr)
         # /readyz answers before kopf has listed and watched: wait for its watches so startup is not timed.
         wanted, deadline = {"finetunejobs", "jobs", "pods"}, time.monotonic() + 30
@@ -654,7 +561,7 @@ def run(args: argparse.Namespace) -> Results:
         if operator is not None:
             operator.stop()
             res.operator_log_errors = sum(
-                " ERROR " in line or "Traceback" in line for line in operator.log_tail(10**9).splitlines()
+                " ERROR " in line or "Traceback" in line for line in operator.log().splitlines()
             )
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

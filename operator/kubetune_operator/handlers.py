@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
@@ -67,22 +67,26 @@ async def shutdown(memo: Any, **_: Any) -> None:
     await controller_of(memo).stop()
 
 
-@kopf.index("batch", "v1", "jobs", labels=CHILD)
-def child_jobs(namespace: str | None, labels: Mapping[str, str], body: Any, memo: Any, **_: Any) -> dict[Any, JobView]:
+V = TypeVar("V")
+
+
+def index_child(namespace: str | None, labels: Mapping[str, str], memo: Any, view: V) -> dict[Any, V]:
+    """Index a child under its FineTuneJob, and wake that job's loop: something changed."""
     key = owner_key(namespace, dict(labels))
     if key is None:
         return {}
     controller_of(memo).wake(key)
-    return {key: job_view(dict(body))}
+    return {key: view}
+
+
+@kopf.index("batch", "v1", "jobs", labels=CHILD)
+def child_jobs(namespace: str | None, labels: Mapping[str, str], body: Any, memo: Any, **_: Any) -> dict[Any, JobView]:
+    return index_child(namespace, labels, memo, job_view(dict(body)))
 
 
 @kopf.index("", "v1", "pods", labels=CHILD)
 def child_pods(namespace: str | None, labels: Mapping[str, str], body: Any, memo: Any, **_: Any) -> dict[Any, PodView]:
-    key = owner_key(namespace, dict(labels))
-    if key is None:
-        return {}
-    controller_of(memo).wake(key)
-    return {key: pod_view(dict(body))}
+    return index_child(namespace, labels, memo, pod_view(dict(body)))
 
 
 @kopf.index(API_GROUP, API_VERSION, PLURAL)

@@ -387,7 +387,7 @@ def _train(draft: _Draft, spec: FineTuneJobSpec) -> Plan:
         return _progressing(draft, spec, job, pods)
     if outcome.phase == Phase.SUCCEEDED:
         return _succeeded(draft, spec, outcome)
-    return _failed_attempt(draft, spec, job, attempt, outcome, pod)
+    return _failed_attempt(draft, spec, job, attempt, outcome, pod, pods)
 
 
 def _waiting_phase(draft: _Draft, spec: FineTuneJobSpec, suspended: bool) -> None:
@@ -584,12 +584,20 @@ def _succeeded(draft: _Draft, spec: FineTuneJobSpec, outcome: Outcome) -> Plan:
 
 
 def _failed_attempt(
-    draft: _Draft, spec: FineTuneJobSpec, job: JobView, attempt: int, outcome: Outcome, pod: PodView | None
+    draft: _Draft,
+    spec: FineTuneJobSpec,
+    job: JobView,
+    attempt: int,
+    outcome: Outcome,
+    pod: PodView | None,
+    pods: list[PodView],
 ) -> Plan:
     exit_code = pod.observation.exit_code if pod else None
-    stop_job = job.active > 0 or (pod is not None and not pod.finished)
-    if stop_job and not job.deleting:
-        draft.plan.delete_jobs.append(job.name)  # stop the other ranks, or a pod stuck pulling its image
+    # Stop what still runs (the other ranks, or a pod stuck pulling its image); a Job whose
+    # pods have all ended is kept, so their logs stay readable.
+    still_running = any(not p.finished and not p.deleting for p in pods)
+    if still_running and not job.deleting:
+        draft.plan.delete_jobs.append(job.name)
     if outcome.retryable and attempt <= spec.backoff_limit:
         checkpoints = draft.status.get("checkpoints") or []
         resume = f"resuming from step {checkpoints[-1]['step']}" if checkpoints else "from the start"

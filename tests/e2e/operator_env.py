@@ -4,112 +4,33 @@ a real S3 server, and small helpers to watch a FineTuneJob through the Kubernete
 from __future__ import annotations
 
 import base64
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes import client
 
-from conftest import FAKE_CREDENTIALS, ROOT, free_port
+from conftest import FAKE_CREDENTIALS
+from harness.operator_process import OperatorProcess, free_port, wait_for
+
+__all__ = ["OperatorProcess", "operator_process", "wait_for"]
 
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 NAMESPACE = "default"
 T = TypeVar("T")
 
 
-def free_port_pair() -> int:
-    """A port p with p + 1 free too (/metrics + /readyz on p, kopf's /healthz on p + 1)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            import socket
-
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two adjacent free ports")
-
-
-class OperatorProcess:
-    """`python -m kubetune_operator.main -A` against the emulator, restartable."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path, *args: str, **settings: str) -> None:
-        self.port = free_port_pair()
-        self.log_path = log_path
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "HOME": str(log_path.parent),
-            "KUBECONFIG": str(kubeconfig),
-            "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("api", "operator")),
-            "KUBETUNE_HEALTH_PORT": str(self.port),
-            "KUBETUNE_POLL_INTERVAL_SECONDS": "0.5",
-            "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:test",
-            "KUBETUNE_METRICS_PORT": str(free_port()),
-            **settings,
-        }
-        self.args = list(args) or ["--all-namespaces"]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> OperatorProcess:
-        self.starts += 1
-        log = self.log_path.open("ab")
-        log.write(f"\n===== operator start #{self.starts} =====\n".encode())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune_operator.main", *self.args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(lambda: self.get("/readyz") == "ok" or None, 60, "operator ready", self.check_alive)
-        return self
-
-    def check_alive(self) -> None:
-        assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.log()[-3000:]}"
-
-    def get(self, path: str, port: int | None = None) -> str | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}{path}", timeout=5) as response:
-                return str(response.read().decode())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return None
-
-    def metrics(self) -> str:
-        return self.get("/metrics") or ""
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str, check: Callable[[], None] | None = None) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check is not None:
-            check()
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def operator_process(kubeconfig: Path, log_path: Path, *args: str) -> OperatorProcess:
+    """The operator as the e2e tests run it: quick progress polls, a free trainer metrics port."""
+    return OperatorProcess(
+        kubeconfig,
+        log_path,
+        *args,
+        KUBETUNE_POLL_INTERVAL_SECONDS="0.5",
+        KUBETUNE_METRICS_PORT=str(free_port()),
+    )
 
 
 def s3_secret(name: str = "s3-creds") -> dict[str, Any]:

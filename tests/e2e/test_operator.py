@@ -16,7 +16,16 @@ from typing import Any
 
 import boto3
 import pytest
-from operator_env import SIGKILL, Kube, OperatorProcess, finetunejob, phase_recorder, s3_secret, wait_for
+from operator_env import (
+    SIGKILL,
+    Kube,
+    OperatorProcess,
+    finetunejob,
+    operator_process,
+    phase_recorder,
+    s3_secret,
+    wait_for,
+)
 
 from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
 from harness import Cluster
@@ -68,7 +77,7 @@ def kube(kube_api: Any) -> Kube:
 
 @pytest.fixture
 def operator(kube_api: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kube_api.kubeconfig, tmp_path / "operator.log").start()
+    process = operator_process(kube_api.kubeconfig, tmp_path / "operator.log").start()
     yield process
     process.stop()
 
@@ -348,7 +357,7 @@ def test_namespaced_operator_ignores_other_namespaces(kube_api: Any, kube: Kube,
     """`--namespace team-a` needs no cluster-wide lists (kopf's scanning is off) and sees only its namespace."""
     for namespace in ("team-a", "team-b"):
         kube.core.create_namespace({"metadata": {"name": namespace}})
-    operator = OperatorProcess(kube_api.kubeconfig, tmp_path / "operator.log", "--namespace", "team-a").start()
+    operator = operator_process(kube_api.kubeconfig, tmp_path / "operator.log", "--namespace", "team-a").start()
     try:
         for namespace in ("team-a", "team-b"):
             body = finetunejob("scoped", "bucket-x", "http://127.0.0.1:1")

@@ -55,12 +55,14 @@ def kpod(
     unschedulable: str | None = None,
     created: str = "2026-11-23T11:00:00Z",
     started: str | None = "2026-11-23T11:00:10Z",
+    index: int = 0,
 ) -> PodView:
     labels = {"kubetune.io/finetunejob": "ft", "app.kubernetes.io/component": component}
     if attempt is not None:
         labels["kubetune.io/attempt"] = str(attempt)
     job_name = f"ft-train-{attempt}" if component == "trainer" else "ft-preflight"
     labels["job-name"] = job_name
+    labels["batch.kubernetes.io/job-completion-index"] = str(index)
     state: JSON = {}
     if exit_code is not None:
         state["terminated"] = {
@@ -81,7 +83,7 @@ def kpod(
         )
     return pod_view(
         {
-            "metadata": {"name": f"{job_name}-abcde", "labels": labels, "creationTimestamp": created},
+            "metadata": {"name": f"{job_name}-{index}-abcde", "labels": labels, "creationTimestamp": created},
             "spec": {"containers": [{"name": "trainer", "ports": [{"name": "metrics", "containerPort": 9090}]}]},
             "status": {
                 "phase": phase,
@@ -488,6 +490,13 @@ def test_user_errors_and_oom_are_never_retried(pod: PodView, reason: str) -> Non
     assert plan.status["phase"] == "Failed" and plan.status["error"]["reason"] == reason
     assert plan.create_attempt is None
     assert conditions(plan)["Failed"]["reason"] == reason
+
+
+def test_a_failed_rank_stops_the_other_ranks_before_the_retry() -> None:
+    raw = spec(resources={"gpus": 8, "nodes": 2})
+    ranks = (kpod(index=0), kpod(index=1, phase="Failed", exit_code=137))
+    plan = decide(snap(raw, accepted(raw, attempts=1), jobs=(kjob(active=1),), pods=ranks), SETTINGS)
+    assert plan.delete_jobs == ["ft-train-1"] and plan.create_attempt == 2
 
 
 def test_image_pull_failure_deletes_the_stuck_job() -> None:
