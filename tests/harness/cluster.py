@@ -976,7 +976,9 @@ class Cluster:
         )
         cwd = map_path(container["workingDir"]) if container.get("workingDir") else str(pod_dir)
         Path(cwd).mkdir(parents=True, exist_ok=True)
-        return [map_path(a) for a in argv], process_env, cwd, term_path
+        # argv[0] is the image's executable, and the "image" is this host: it is never mapped (a checkout
+        # under /tmp would otherwise have its python rewritten into the pod's /tmp emptyDir).
+        return [argv[0], *(map_path(a) for a in argv[1:])], process_env, cwd, term_path
 
     def _resolve_env(self, pod: dict[str, Any], container: dict[str, Any], ip: str) -> dict[str, str]:
         ns = pod["metadata"]["namespace"]
