@@ -289,6 +289,13 @@ class FineTuneJobSpec(_Model):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the trainer.")
     image: str | None = Field(default=None, max_length=512, description="Trainer image; default from the operator.")
     preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="Data checks before the GPU Job.")
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="ServiceAccount of the trainer and preflight pods, for a cloud identity (IRSA, Workload "
+        "Identity) instead of storage.credentialsSecret. Its API token is still not mounted.",
+    )
     suspend: bool = Field(default=False, description="Create the trainer Job suspended; set false to start.")
     queue_name: str | None = Field(
         default=None, max_length=253, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name)."

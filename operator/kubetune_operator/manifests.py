@@ -194,7 +194,7 @@ def _volumes(
     return volumes, mounts
 
 
-def _pod(container: JSON, volumes: list[JSON]) -> JSON:
+def _pod(container: JSON, volumes: list[JSON], service_account: str | None = None) -> JSON:
     """A run-once pod that meets the restricted Pod Security Standard and holds no API token.
 
     The container gets the restricted security context and reports through the
@@ -206,13 +206,18 @@ def _pod(container: JSON, volumes: list[JSON]) -> JSON:
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    return {
+    pod: JSON = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "securityContext": _pod_security(),
         "containers": [container],
         "volumes": volumes,
     }
+    if service_account:
+        # A cloud identity (IRSA, Workload Identity) injects its own projected token; the
+        # Kubernetes API token stays unmounted.
+        pod["serviceAccountName"] = service_account
+    return pod
 
 
 def trainer_command(gpus: int, nodes: int, service: str | None) -> list[str]:
@@ -306,7 +311,7 @@ def trainer_job(
         "resources": _resources(spec),
         "volumeMounts": mounts,
     }
-    pod = _pod(container, volumes)
+    pod = _pod(container, volumes, spec.service_account_name)
     # Time for the SIGTERM checkpoint to reach S3 before the kubelet sends SIGKILL.
     pod["terminationGracePeriodSeconds"] = 300
     if spec.resources.node_selector:
@@ -370,7 +375,7 @@ def preflight_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSetting
         },
         "volumeMounts": mounts,
     }
-    pod = _pod(container, volumes)
+    pod = _pod(container, volumes, spec.service_account_name)
     return _job(owner, preflight_job_name(owner.name), "preflight", None, pod, active_deadline_seconds=3600)
 
 

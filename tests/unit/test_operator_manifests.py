@@ -211,3 +211,13 @@ def test_preflight_objects_share_the_first_attempts_config() -> None:
     config, preflight = preflight_objects(OWNER, job().spec, SETTINGS)
     volume = next(v for v in preflight["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == config["metadata"]["name"] == "support-bot-config-1"
+
+
+def test_service_account_gives_pods_a_cloud_identity_without_an_api_token() -> None:
+    ftj = job(serviceAccountName="s3-reader", storage={})
+    for manifest in (trainer_job(OWNER, ftj.spec, SETTINGS, 1), preflight_job(OWNER, ftj.spec, SETTINGS)):
+        pod = manifest["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "s3-reader"
+        assert pod["automountServiceAccountToken"] is False
+        assert "AWS_ACCESS_KEY_ID" not in json.dumps(pod)
+    assert "serviceAccountName" not in trainer_job(OWNER, job().spec, SETTINGS, 1)["spec"]["template"]["spec"]
