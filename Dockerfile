@@ -1,47 +1,111 @@
 # syntax=docker/dockerfile:1.7
-# Two images from one file:
+# Two images from one file (see "Images" in README.md and docs/install.md):
 #   docker build --target operator -t kubetune-operator .   (slim: no torch, no CUDA)
 #   docker build --target trainer  -t kubetune-trainer  .   (CUDA, torch, transformers, peft, accelerate)
-# Both run as a numeric non-root user under tini, with a read-only root filesystem in mind:
-# only /tmp and /cache (declared volumes) are written.
-
+# Both run as the numeric non-root user 65532 under tini, with a read-only root filesystem in
+# mind: only the declared volumes (/tmp, and /cache in the trainer) are written at run time.
+# tests/unit/test_dockerfile.py parses this file and checks all of that.
+#
+# Base images are pinned to full version tags. In production pin them by digest as well
+# (`python:3.11.11-slim-bookworm@sha256:...`; `docker buildx imagetools inspect IMAGE` prints it)
+# and bump both deliberately; digests cannot be looked up from where this file was written.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+# The "base" flavour is enough: the torch wheels bring their own CUDA runtime, cuBLAS, cuDNN and NCCL.
+# CUDA 12.8 wheels run on drivers >= 570 (>= 525 through minor-version compatibility).
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+ARG TORCH_VERSION=2.9.1
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 
-# ---------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS operator
-RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
-# Dependencies first (cache-friendly), then the source.
-COPY pyproject.toml README.md ./
+# =======================================================================================
+# operator: kopf, kubernetes client, pydantic, boto3. Never torch, never CUDA.
+# =======================================================================================
+FROM ${PYTHON_IMAGE} AS operator-build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+# Dependencies first: a stub of the distribution (metadata only, empty source roots) installs
+# every dependency of the `operator` extra; this layer is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml ./
+RUN mkdir -p api operator trainer && touch README.md \
+ && pip install ".[operator]"
+# Then the source, installed over the stub without touching the dependencies.
+COPY README.md ./
 COPY api ./api
 COPY operator ./operator
 COPY trainer ./trainer
-RUN pip install --no-cache-dir ".[operator]"
-USER 65532:65532
-ENV HOME=/tmp PYTHONUNBUFFERED=1
+RUN pip install --no-deps --force-reinstall . \
+ && python -c "import kubetune_operator.main, kubetune_api.spec"
+
+FROM ${PYTHON_IMAGE} AS operator
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=operator-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /tmp
 VOLUME ["/tmp"]
-ENTRYPOINT ["/usr/bin/tini", "--"]
+USER 65532:65532
 # /readyz and /metrics on 8080, kopf's /healthz (liveness) on 8081; settings from KUBETUNE_* env.
+EXPOSE 8080 8081
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["kubetune-operator", "--all-namespaces"]
 
-# ---------------------------------------------------------------------------------------
-FROM ${CUDA_IMAGE} AS trainer
+# =======================================================================================
+# trainer: CUDA base, torch from the CUDA wheel index, transformers, peft, accelerate.
+# =======================================================================================
+FROM ${CUDA_IMAGE} AS trainer-build
+ARG DEBIAN_FRONTEND=noninteractive
+ARG TORCH_VERSION
+ARG TORCH_INDEX_URL
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-pip tini \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-# torch from the CUDA index: the package metadata deliberately does not pin it.
-RUN pip install --no-cache-dir torch --index-url https://download.pytorch.org/whl/cu126
-WORKDIR /app
-COPY pyproject.toml README.md ./
+# torch from the CUDA index first (the largest layer, and the package metadata deliberately does
+# not pin it); the `train` extra's `torch>=2.4` is then already satisfied.
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+WORKDIR /src
+COPY pyproject.toml ./
+RUN mkdir -p api operator trainer && touch README.md \
+ && pip install ".[train]" \
+ && python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 1)"
+COPY README.md ./
 COPY api ./api
 COPY operator ./operator
 COPY trainer ./trainer
-RUN pip install --no-cache-dir ".[train]"
-USER 65532:65532
-ENV HOME=/tmp PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 KUBETUNE_CACHE=/cache MPLCONFIGDIR=/tmp/matplotlib
+RUN pip install --no-deps --force-reinstall . \
+ && python -c "import kubetune_trainer.cli, kubetune_api.spec"
+
+FROM ${CUDA_IMAGE} AS trainer
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 tini \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=trainer-build /opt/venv /opt/venv
+# Everything written at run time goes to /tmp (scratch, HOME) or /cache (downloads, compile caches),
+# which the operator mounts as emptyDirs; the root filesystem stays read-only.
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/cache/xdg \
+    HF_HOME=/cache/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRITON_CACHE_DIR=/cache/triton \
+    TORCHINDUCTOR_CACHE_DIR=/cache/torchinductor \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /tmp
 VOLUME ["/tmp", "/cache"]
-ENTRYPOINT ["/usr/bin/tini", "--", "kubetune-train"]
-CMD ["--config", "/etc/kubetune/trainer.json"]
+USER 65532:65532
+# /metrics and /progress (KUBETUNE_METRICS_PORT, 9090); 29500 is the multi-node rendezvous.
+EXPOSE 9090 29500
+# The operator's Jobs run `kubetune-train --config /etc/kubetune/trainer.json` (or `accelerate
+# launch ... -m kubetune_trainer.cli`); CMD is the same single-process command.
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["kubetune-train", "--config", "/etc/kubetune/trainer.json"]

@@ -305,7 +305,9 @@ def trainer_job(
         "name": "trainer",
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": trainer_command(gpus, nodes, service),
+        # `args`, not `command`: the image's ENTRYPOINT (tini) stays PID 1, forwards SIGTERM
+        # and reaps what `accelerate launch` spawns.
+        "args": trainer_command(gpus, nodes, service),
         "env": env,
         "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],
         "resources": _resources(spec),
@@ -358,7 +360,7 @@ def preflight_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSetting
         "name": "preflight",
         "image": settings.preflight_image_or_default,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": [
+        "args": [
             "kubetune-train",
             "--config",
             f"{CONFIG_DIR}/{CONFIG_FILE}",

@@ -948,7 +948,8 @@ class Cluster:
         env = self._resolve_env(pod, container, ip)
         argv = [expand_vars(a, env) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
         if not argv:
-            raise PodNotReady("RunContainerError", "the test kubelet runs no image entrypoints: set command")
+            # The images' ENTRYPOINT is `tini --`, a pass-through: command + args run as given.
+            raise PodNotReady("RunContainerError", "the test kubelet knows no image entrypoint: set command or args")
 
         # Everything resolved: write the pod's filesystem.
         pod_dir.mkdir(parents=True, exist_ok=True)

@@ -121,12 +121,12 @@ def test_gpu_limits_node_selector_tolerations_and_image() -> None:
     assert pod["nodeSelector"] == {"gpu": "h100"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert c["image"] == "registry.local/custom:2"
-    assert c["command"][:3] == ["accelerate", "launch", "--multi_gpu"] and "--num_processes=4" in c["command"]
+    assert c["args"][:3] == ["accelerate", "launch", "--multi_gpu"] and "--num_processes=4" in c["args"]
 
 
 def test_single_gpu_runs_the_trainer_directly_and_operator_owns_retries() -> None:
     manifest = trainer_job(OWNER, job().spec, SETTINGS, 3)
-    assert container(manifest)["command"] == ["kubetune-train", "--config", "/etc/kubetune/trainer.json"]
+    assert container(manifest)["args"] == ["kubetune-train", "--config", "/etc/kubetune/trainer.json"]
     assert manifest["spec"]["backoffLimit"] == 0
     assert manifest["spec"]["activeDeadlineSeconds"] == 86_400
     assert manifest["metadata"]["name"] == "support-bot-train-3"
@@ -139,7 +139,7 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
     spec = manifest["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
     assert spec["template"]["spec"]["subdomain"] == "support-bot-train-1"
-    command = container(manifest)["command"]
+    command = container(manifest)["args"]
     assert "--num_processes=16" in command and "--num_machines=2" in command
     assert "--machine_rank=$(JOB_COMPLETION_INDEX)" in command
     env = {e["name"]: e.get("value") for e in container(manifest)["env"]}
@@ -163,10 +163,10 @@ def test_preflight_requests_no_gpu_and_validates_only() -> None:
     manifest = preflight_job(OWNER, job(resources={"gpus": 8}).spec, SETTINGS)
     c = container(manifest)
     assert "nvidia.com/gpu" not in json.dumps(c["resources"])
-    assert "--validate-only" in c["command"]
+    assert "--validate-only" in c["args"]
     # The plan (auto batch size, steps, memory) is for the 8 GPUs training will use, not this pod.
-    assert c["command"][c["command"].index("--plan-for") + 1] == "cuda"
-    assert "--world-size=8" in c["command"]
+    assert c["args"][c["args"].index("--plan-for") + 1] == "cuda"
+    assert "--world-size=8" in c["args"]
     assert manifest["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
