@@ -6,6 +6,7 @@ turn `int | "auto"` into x-kubernetes-int-or-string, `const` into `enum`, and nu
 `exclusiveMinimum: x` into `minimum: x, exclusiveMinimum: true`.
 
     python -m kubetune_api.crd > crds/kubetune.io_finetunejobs.yaml
+    python -m kubetune_api.crd -o crds/kubetune.io_finetunejobs.yaml -o charts/kubetune/files/crds/...  # make crds
     python -m kubetune_api.crd --check crds/kubetune.io_finetunejobs.yaml
 """
 
@@ -191,13 +192,22 @@ def render_crd() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", type=Path, help="exit 1 if this file differs from the generated CRD")
+    parser.add_argument(
+        "--check", type=Path, nargs="+", help="exit 1 if any of these files differs from the generated CRD"
+    )
+    parser.add_argument(
+        "--output", "-o", type=Path, action="append", help="write the CRD to this file (repeatable) instead of stdout"
+    )
     args = parser.parse_args(argv)
     rendered = render_crd()
     if args.check:
-        if not args.check.exists() or args.check.read_text() != rendered:
-            print(f"{args.check} is out of date: run `make crds`", file=sys.stderr)
-            return 1
+        stale = [path for path in args.check if not path.exists() or path.read_text() != rendered]
+        for path in stale:
+            print(f"{path} is out of date: run `make crds`", file=sys.stderr)
+        return 1 if stale else 0
+    if args.output:
+        for path in args.output:
+            path.write_text(rendered)
         return 0
     sys.stdout.write(rendered)
     return 0

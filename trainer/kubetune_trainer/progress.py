@@ -77,7 +77,7 @@ class TrainerMetrics:
         self.checkpoints = Counter("kubetune_trainer_checkpoints", "Checkpoints saved.", LABELS, registry=self.registry)
         self.gpu_memory = Gauge(
             "kubetune_trainer_gpu_memory_bytes",
-            "GPU memory (kind: allocated, reserved, peak).",
+            "GPU memory of this process (kind: allocated, reserved, peak); 0 when training on CPU.",
             (*LABELS, "kind"),
             registry=self.registry,
         )

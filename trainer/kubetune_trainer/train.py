@@ -134,6 +134,8 @@ def _gpu_memory(ctx: TrainContext) -> None:
         ctx.reporter.metrics.set_gpu_memory(
             torch.cuda.memory_allocated(), torch.cuda.memory_reserved(), torch.cuda.max_memory_allocated()
         )
+    else:  # the series exist on every trainer: 0 when training on CPU
+        ctx.reporter.metrics.set_gpu_memory(0, 0, 0)
 
 
 def save_checkpoint(ctx: TrainContext, state: TrainState) -> None:
