@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +22,24 @@ from chart_support import (
     SCENARIOS,
     Rendered,
     deep_merge,
+    install_scenario,
     run_helm_tool,
 )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Rendered]]:
+    """Every ci/*-values.yaml scenario, installed once per module."""
+    yield {s: install_scenario(s, tmp_path_factory.mktemp(f"helm-{s}")) for s in SCENARIOS}
+
+
+@pytest.fixture
+def chart_copy(tmp_path: Path) -> Path:
+    """A scratch copy of the chart (lint with other values: helm-sdkpy's lint reads the chart's values.yaml only)."""
+    dest = tmp_path / "kubetune"
+    shutil.copytree(CHART, dest)
+    return dest
+
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
