@@ -36,6 +36,12 @@ class RuntimeOptions(BaseModel):
         default=None, ge=0, le=65535, description="Serve /metrics and /progress here (0 = any free port)."
     )
     metrics_host: str = Field(default="0.0.0.0", description="Address the metrics server binds.")
+    metrics_linger_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="Keep serving /metrics this long after the run, so a scraper sees the final eval loss.",
+    )
     termination_message_path: str | None = Field(
         default=None, description="Write the final summary JSON (<= 4 KB) here, e.g. /dev/termination-log."
     )

@@ -109,6 +109,7 @@ def pod_runtime(settings: OperatorSettings, attempt: int) -> RuntimeOptions:
         work_dir="/tmp",
         metrics_port=settings.metrics_port,
         metrics_host="0.0.0.0",
+        metrics_linger_seconds=settings.trainer_metrics_linger_seconds,
         termination_message_path=TERMINATION_LOG,
         progress_bar=False,
         device="auto",

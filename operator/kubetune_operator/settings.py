@@ -20,6 +20,9 @@ class OperatorSettings(BaseModel):
     )
     image_pull_policy: str = Field(default="IfNotPresent")
     metrics_port: int = Field(default=9090, ge=1, le=65535, description="Trainer /metrics and /progress port.")
+    trainer_metrics_linger_seconds: float = Field(
+        default=30.0, ge=0, le=600, description="Trainers keep serving /metrics this long after the run."
+    )
     poll_interval_seconds: float = Field(default=15.0, gt=0, description="How often running jobs are polled.")
     preflight_cpu: str = Field(default="1")
     preflight_memory: str = Field(default="2Gi")

@@ -13,12 +13,11 @@ from typing import Any, TypeVar
 from kubernetes import client
 
 from conftest import FAKE_CREDENTIALS
+from harness.finetunejob import GROUP, NAMESPACE, PLURAL, VERSION, finetunejob
 from harness.operator_process import OperatorProcess, free_port, wait_for
 
-__all__ = ["OperatorProcess", "operator_process", "wait_for"]
+__all__ = ["OperatorProcess", "finetunejob", "operator_process", "wait_for"]
 
-GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
-NAMESPACE = "default"
 T = TypeVar("T")
 
 
@@ -30,6 +29,7 @@ def operator_process(kubeconfig: Path, log_path: Path, *args: str) -> OperatorPr
         *args,
         KUBETUNE_POLL_INTERVAL_SECONDS="0.5",
         KUBETUNE_METRICS_PORT=str(free_port()),
+        KUBETUNE_TRAINER_METRICS_LINGER_SECONDS="0.5",
     )
 
 
@@ -40,42 +40,6 @@ def s3_secret(name: str = "s3-creds") -> dict[str, Any]:
         "kind": "Secret",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "data": {key: base64.b64encode(FAKE_CREDENTIALS[key].encode()).decode() for key in keys},
-    }
-
-
-def finetunejob(name: str, bucket: str, endpoint: str, training: dict[str, Any] | None = None, **spec: Any) -> dict:
-    """A FineTuneJob that trains the tiny test Llama on CPU in a few seconds."""
-    body: dict[str, Any] = {
-        "baseModel": {"uri": f"s3://{bucket}/models/tiny/"},
-        "dataset": {"train": f"s3://{bucket}/data/numbers.jsonl"},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "training": {
-            "epochs": 1,
-            "maxSteps": 30,
-            "batchSize": 4,
-            "maxSeqLength": 64,
-            "learningRate": 3e-3,
-            "gradientCheckpointing": False,
-            "checkpointEverySteps": 10,
-            "seed": 7,
-            **(training or {}),
-        },
-        "evaluation": {"exactMatch": False},
-        "output": {"uri": f"s3://{bucket}/out/{name}/"},
-        "storage": {
-            "endpoint": endpoint,
-            "region": "us-east-1",
-            "credentialsSecret": "s3-creds",
-            "addressingStyle": "path",
-        },
-        "resources": {"gpus": 0},
-    }
-    body.update(spec)
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": body,
     }
 
 

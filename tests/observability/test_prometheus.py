@@ -40,6 +40,7 @@ from kubernetes import client
 
 from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
 from harness import Cluster
+from harness.finetunejob import finetunejob as shared_finetunejob
 from harness.operator_process import OperatorProcess, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -52,33 +53,10 @@ TRAINED = "observed"
 
 
 def finetunejob(name: str, bucket: str, endpoint: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "baseModel": {"uri": f"s3://{bucket}/models/tiny/"},
-        "dataset": {"train": f"s3://{bucket}/data/numbers.jsonl"},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "training": {
-            "epochs": 1,
-            "maxSteps": 40,
-            "batchSize": 4,
-            "maxSeqLength": 64,
-            "learningRate": 3e-3,
-            "gradientCheckpointing": False,
-            "checkpointEverySteps": 10,
-            "seed": 7,
-        },
-        "evaluation": {"exactMatch": False},
-        "output": {"uri": f"s3://{bucket}/out/{name}/"},
-        "storage": {
-            "endpoint": endpoint,
-            "region": "us-east-1",
-            "credentialsSecret": "s3-creds",
-            "addressingStyle": "path",
-        },
-        "resources": {"gpus": 0},
-        "preflight": {"enabled": False},
-        **spec,
-    }
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": body}
+    """The shared test job, 40 steps, straight to the trainer (no preflight)."""
+    return shared_finetunejob(
+        name, bucket, endpoint, training={"maxSteps": 40}, **{"preflight": {"enabled": False}, **spec}
+    )
 
 
 class Prometheus:
@@ -214,6 +192,8 @@ def test_prometheus_answers_every_dashboard_query_and_alert_expression(
         tmp_path / "operator.log",
         KUBETUNE_POLL_INTERVAL_SECONDS="0.5",
         KUBETUNE_METRICS_PORT=str(trainer_port),
+        # The final eval loss exists only after the last step: trainers keep serving it a moment.
+        KUBETUNE_TRAINER_METRICS_LINGER_SECONDS="3",
     )
     prometheus: Prometheus | None = None
     try:

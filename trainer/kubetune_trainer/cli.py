@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -164,11 +166,28 @@ def main(argv: list[str] | None = None) -> int:
         log.info("serving /metrics and /progress on port %d", port)
     try:
         summary, code = train_from_config(config, reporter)
+        write_termination_message(config.runtime.termination_message_path, summary.to_json(TERMINATION_MESSAGE_LIMIT))
+        print(summary.to_json(), flush=True)
+        if config.runtime.metrics_port is not None:
+            linger(config.runtime.metrics_linger_seconds)
     finally:
         reporter.close()
-    write_termination_message(config.runtime.termination_message_path, summary.to_json(TERMINATION_MESSAGE_LIMIT))
-    print(summary.to_json(), flush=True)
     return code
+
+
+def linger(seconds: float) -> None:
+    """Keep the metrics server up a little after the run: the final eval loss exists only now,
+    and a scraper (every 15-30 s) would otherwise never see it. SIGTERM ends the wait."""
+    if seconds <= 0:
+        return
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
