@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # Real Helm (v4) for the chart tests: the helm-sdkpy bindings need Python >= 3.12, in a venv of their own.
 # The first python3.12 that runs (a pyenv shim on PATH may not).
-PYTHON312 ?= $(shell for p in $$(command -v python3.12) /root/.pyenv/versions/3.12*/bin/python3.12; do \
+PYTHON312 ?= $(shell for p in $$(command -v python3.12) $$HOME/.pyenv/versions/3.12*/bin/python3.12; do \
 	"$$p" -c '' 2>/dev/null && { echo "$$p"; break; }; done)
 HELM_VENV ?= .venv-helm
 CHART_CRD := charts/kubetune/files/crds/kubetune.io_finetunejobs.yaml
