@@ -19,9 +19,9 @@ import aiohttp
 
 from kubetune_api.spec import FineTuneJobSpec
 from kubetune_operator import manifests
-from kubetune_operator.kube import Kube
+from kubetune_operator.kube import Kube, load_config
 from kubetune_operator.metrics import OperatorMetrics
-from kubetune_operator.reconcile import Plan, Snapshot, accepted_spec, decide, merge_patch, parse_time, progress_url
+from kubetune_operator.reconcile import Plan, Snapshot, decide, merge_patch, parse_time, progress_url
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import Phase
 from kubetune_operator.views import JobView, PodView
@@ -51,6 +51,11 @@ class Controller:
         # Children this process created recently: the next reconcile often runs before the
         # watch delivers them to the index, and a second create would only earn a 409.
         self._recent_creates: dict[tuple[str, str, str], float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: OperatorSettings, metrics: OperatorMetrics | None = None) -> Controller:
+        """The controller against the cluster the environment points at (in-cluster or kubeconfig)."""
+        return cls(settings, Kube(load_config(), settings.api_workers), metrics or OperatorMetrics())
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.progress_timeout_seconds)
@@ -140,7 +145,7 @@ class Controller:
 
     async def _apply(self, key: Key, meta: JSON, old: JSON, plan: Plan, post_event: PostEvent) -> None:
         namespace, name = key
-        spec = accepted_spec(plan.status)
+        spec = plan.spec
         owner = manifests.Owner(name=name, namespace=namespace, uid=meta.get("uid", ""))
         if plan.create_preflight and spec is not None:
             await self._create_all(manifests.preflight_objects(owner, spec, self.settings))

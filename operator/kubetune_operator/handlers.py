@@ -16,9 +16,7 @@ import kopf
 
 from kubetune_api.spec import API_GROUP, API_VERSION, PLURAL
 from kubetune_operator.controller import Controller
-from kubetune_operator.kube import Kube, load_config
 from kubetune_operator.manifests import LABEL_JOB
-from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import TERMINAL, Phase
 from kubetune_operator.views import JobView, PodView, job_view, owner_key, pod_view
@@ -35,8 +33,7 @@ def controller_of(memo: Any) -> Controller:
 def ensure_controller(memo: Any) -> Controller:
     """`kubetune-operator` passes a controller in the memo; plain `kopf run -m` gets one from env."""
     if getattr(memo, "controller", None) is None:
-        settings = OperatorSettings.from_env()
-        memo.controller = Controller(settings, Kube(load_config(), settings.api_workers), OperatorMetrics())
+        memo.controller = Controller.from_settings(OperatorSettings.from_env())
     return controller_of(memo)
 
 

@@ -17,7 +17,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubetune_operator.controller import Controller
-from kubetune_operator.kube import Kube, load_config
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import OperatorSettings
 
@@ -74,7 +73,7 @@ async def run(settings: OperatorSettings, stop_flag: threading.Event | None = No
     import kubetune_operator.handlers  # noqa: F401  (registers the kopf handlers)
 
     metrics = OperatorMetrics()
-    controller = Controller(settings, Kube(load_config(), settings.api_workers), metrics)
+    controller = Controller.from_settings(settings, metrics)
     ready = asyncio.Event()
     runner = await serve_probes(metrics, ready, settings.health_port)
     try:

@@ -34,6 +34,7 @@ JSON = dict[str, Any]
 # Fields that may change while a job runs (as for batch/v1 Job); everything else is frozen
 # at acceptance: a running job keeps training what it was accepted with.
 MUTABLE_FIELDS = frozenset({"suspend", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"})
+_MUTABLE_ATTRIBUTES = [name for name, info in FineTuneJobSpec.model_fields.items() if info.alias in MUTABLE_FIELDS]
 
 _TRAINER_PHASES = {
     "Initializing": Phase.INITIALIZING,
@@ -71,6 +72,7 @@ class Event:
 @dataclass
 class Plan:
     status: JSON
+    spec: FineTuneJobSpec | None = None  # what decide() acted on: the accepted spec with live mutable fields
     create_preflight: bool = False
     create_attempt: int | None = None
     attempt_deadline_seconds: int | None = None
@@ -177,6 +179,7 @@ def decide(snapshot: Snapshot, settings: OperatorSettings) -> Plan:
     spec = _admit(draft)
     if spec is None:
         return draft.plan
+    draft.plan.spec = spec
     needs_preflight = spec.preflight.enabled and not condition_is(draft.conditions, "DataValidated")
     if needs_preflight and not _preflight(draft, spec):
         return draft.plan
@@ -243,11 +246,7 @@ def _admit(draft: _Draft) -> FineTuneJobSpec | None:
             draft.event("Warning", "ImmutableFieldChanged", message)
     else:
         draft.condition("SpecApplied", True, "Applied", f"generation {snapshot.generation} applied")
-    return accepted.model_copy(update={name: getattr(live, name) for name in _mutable_python_names()})
-
-
-def _mutable_python_names() -> list[str]:
-    return [name for name, info in FineTuneJobSpec.model_fields.items() if info.alias in MUTABLE_FIELDS]
+    return accepted.model_copy(update={name: getattr(live, name) for name in _MUTABLE_ATTRIBUTES})
 
 
 # -- preflight -----------------------------------------------------------------------------------

@@ -501,22 +501,17 @@ class Cluster:
             status.setdefault("startTime", now_rfc3339())
             started = datetime.datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
             deadline = spec.get("activeDeadlineSeconds")
+            failure: tuple[str, str] | None = None
             if deadline is not None and (now - started).total_seconds() > int(deadline):
-                for pod in active:
-                    self._delete_pod(pod)
-                active = []
-                finished = True
-                new_conditions.append(
-                    _condition("Failed", True, "DeadlineExceeded", "Job was active longer than specified deadline")
-                )
+                failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
             elif len(counts.failed) > backoff_limit:
+                failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            if failure is not None:
                 for pod in active:
                     self._delete_pod(pod)
                 active = []
                 finished = True
-                new_conditions.append(
-                    _condition("Failed", True, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
-                )
+                new_conditions.append(_condition("Failed", True, *failure))
             elif (indexed and completions is not None and succeeded_indexes >= set(range(int(completions)))) or (
                 not indexed and len(counts.succeeded) >= int(completions if completions is not None else 1)
             ):

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
+from kubetune_operator.manifests import Owner, labels, preflight_job_name, trainer_job_name
 from kubetune_operator.reconcile import Plan, Snapshot, decide, iso, merge_checkpoints, merge_patch, progress_url
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.views import JobView, PodView, job_view, pod_view
 
+OWNER = Owner(name="ft", namespace="team", uid="uid-1")
 SETTINGS = OperatorSettings(poll_interval_seconds=5, gpu_memory_gib=80)
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 JSON = dict[str, Any]
@@ -27,6 +29,12 @@ def spec(**overrides: Any) -> JSON:
     return base | overrides
 
 
+def child(component: str, attempt: int | None) -> tuple[str, dict[str, str]]:
+    """A child's name and labels, as the operator's own builders make them."""
+    name = trainer_job_name("ft", attempt) if component == "trainer" and attempt else preflight_job_name("ft")
+    return name, labels(OWNER, component, attempt)
+
+
 def kjob(
     component: str = "trainer",
     attempt: int | None = 1,
@@ -34,10 +42,7 @@ def kjob(
     condition: tuple[str, str] | None = None,
     active: int = 0,
 ) -> JobView:
-    labels = {"kubetune.io/finetunejob": "ft", "app.kubernetes.io/component": component}
-    if attempt is not None:
-        labels["kubetune.io/attempt"] = str(attempt)
-    name = f"ft-train-{attempt}" if component == "trainer" else "ft-preflight"
+    name, labels = child(component, attempt)
     status: JSON = {"active": active}
     if condition:
         status["conditions"] = [{"type": condition[0], "status": "True", "reason": condition[1], "message": "m"}]
@@ -57,10 +62,7 @@ def kpod(
     started: str | None = "2026-11-23T11:00:10Z",
     index: int = 0,
 ) -> PodView:
-    labels = {"kubetune.io/finetunejob": "ft", "app.kubernetes.io/component": component}
-    if attempt is not None:
-        labels["kubetune.io/attempt"] = str(attempt)
-    job_name = f"ft-train-{attempt}" if component == "trainer" else "ft-preflight"
+    job_name, labels = child(component, attempt)
     labels["job-name"] = job_name
     labels["batch.kubernetes.io/job-completion-index"] = str(index)
     state: JSON = {}
