@@ -143,6 +143,9 @@ class _Informer:
         self._on_change = on_change
         self._lock = threading.Lock()
         self._objects: dict[str, dict[str, Any]] = {}
+        # uids seen deleted: uids are never reused, so a write result that arrives after the DELETED
+        # event (our PATCH raced the deletion) must not bring the object back into the cache.
+        self._deleted: set[str] = set()
         self._rv = ""
         self._stopped = threading.Event()
         self._response: Any = None
@@ -168,6 +171,8 @@ class _Informer:
         """Put our own write's result into the cache now (the watch event follows with the same version)."""
         uid = obj["metadata"]["uid"]
         with self._lock:
+            if uid in self._deleted:
+                return
             current = self._objects.get(uid)
             if current is not None and int(current["metadata"]["resourceVersion"]) > int(
                 obj["metadata"]["resourceVersion"]
@@ -175,6 +180,7 @@ class _Informer:
                 return
             if deleted:
                 self._objects.pop(uid, None)
+                self._deleted.add(uid)
             else:
                 self._objects[uid] = dict(obj)
         self._on_change.set()
@@ -533,9 +539,16 @@ class Cluster:
         old = job.get("status") or {}
         if status != old or not _same_conditions(status["conditions"], old.get("conditions") or []):
             patch = {**status, **{key: None for key in old if key not in status}}
-            new = self._call(
-                "PATCH", f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status", {"status": patch}
-            )
+            try:
+                new = self._call(
+                    "PATCH",
+                    f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status",
+                    {"status": patch},
+                )
+            except ApiException as e:
+                if e.status == 404:  # deleted while we synced it: its DELETED event is on the way
+                    return
+                raise
             self._jobs.store(new)
 
     def _create_job_pods(

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -475,3 +476,16 @@ def test_gpu_pods_stay_unschedulable(client: kubernetes.client.ApiClient, kube_c
     assert cond["message"] == "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
     assert kube_cluster.pods("job-name=gpu")[0]["status"]["phase"] == "Pending"
     assert kube_cluster.started_pods == []
+
+
+def test_informer_ignores_a_write_result_that_arrives_after_the_deletion() -> None:
+    """The kubelet's status PATCH can race a pod's deletion: its response must not resurrect the pod."""
+    from harness.cluster import _Informer
+
+    changed = threading.Event()
+    informer = _Informer(kubernetes.client.ApiClient(), "/api/v1/pods", changed)
+    pod = {"metadata": {"uid": "u1", "name": "p", "resourceVersion": "7"}}
+    informer.store(pod)
+    informer.store({"metadata": {**pod["metadata"], "resourceVersion": "9"}}, deleted=True)  # the DELETED event
+    informer.store({"metadata": {**pod["metadata"], "resourceVersion": "8"}})  # the PATCH response, late
+    assert informer.snapshot() == []
