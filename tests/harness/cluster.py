@@ -377,6 +377,10 @@ class Cluster:
         path = self.pod_dir(pod_name, namespace) / "container.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def output(self, pod_name: str, namespace: str = "default") -> str:
+        """The pod's log so far, or "" while its container has not started (for polling predicates)."""
+        return self._pod_log(namespace, pod_name) or ""
+
     def wait_for(self, predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
         """Poll ``predicate()`` until it returns something truthy; return that or raise TimeoutError."""
         deadline = time.monotonic() + timeout
@@ -573,7 +577,24 @@ class Cluster:
             completions = spec.get("completions")
             remaining = (int(completions) - succeeded - len(active)) if completions is not None else room
             wanted = [None] * max(0, min(room, remaining))
+        if not wanted or not self._still_wants_pods(job):
+            return []
         return [self._create_pod(job, index) for index in wanted]
+
+    def _still_wants_pods(self, job: Mapping[str, Any]) -> bool:
+        """Read the Job back before creating pods: our cache may not have seen it deleted or suspended yet.
+
+        Without this, a Job deleted while its pod is terminating gets a replacement pod from the stale
+        cache, which then starts before the garbage collector removes it.
+        """
+        meta = job["metadata"]
+        live = self._get(f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}")
+        return (
+            live is not None
+            and live["metadata"]["uid"] == meta["uid"]
+            and not live["metadata"].get("deletionTimestamp")
+            and not (live.get("spec") or {}).get("suspend")
+        )
 
     def _create_pod(self, job: dict[str, Any], index: int | None) -> dict[str, Any]:
         meta = job["metadata"]

@@ -376,7 +376,7 @@ def test_configmap_volume_path_mapping_and_pod_ip(client: kubernetes.client.ApiC
 
     def running_ips() -> list[str] | None:
         pods = [p for p in kube_cluster.pods("app") if (p.get("status") or {}).get("phase") == "Running"]
-        ready = len(pods) == 2 and all(kube_cluster.log(p["metadata"]["name"]) for p in pods)
+        ready = len(pods) == 2 and all(kube_cluster.output(p["metadata"]["name"]) for p in pods)
         return [p["status"]["podIP"] for p in pods] if ready else None
 
     ips = wait(running_ips)
@@ -411,7 +411,7 @@ def test_suspend_deletes_the_pod_and_resume_starts_a_new_one(
         """
     )
     batch(client).create_namespaced_job("default", job("sus", [PY, "-c", script]))
-    first = wait(lambda: [p for p in kube_cluster.pods("job-name=sus") if kube_cluster.log(p["metadata"]["name"])])
+    first = wait(lambda: [p for p in kube_cluster.pods("job-name=sus") if kube_cluster.output(p["metadata"]["name"])])
     first_name = first[0]["metadata"]["name"]
 
     batch(client).patch_namespaced_job("sus", "default", {"spec": {"suspend": True}})
@@ -422,7 +422,7 @@ def test_suspend_deletes_the_pod_and_resume_starts_a_new_one(
     assert "startTime" not in suspended["status"] and suspended["status"]["active"] == 0
 
     batch(client).patch_namespaced_job("sus", "default", {"spec": {"suspend": False}})
-    second = wait(lambda: [p for p in kube_cluster.pods("job-name=sus") if kube_cluster.log(p["metadata"]["name"])])
+    second = wait(lambda: [p for p in kube_cluster.pods("job-name=sus") if kube_cluster.output(p["metadata"]["name"])])
     assert second[0]["metadata"]["name"] != first_name
     assert kube_cluster.started_pods == [first_name, second[0]["metadata"]["name"]]
     [resumed] = kube_cluster.jobs()
@@ -440,7 +440,7 @@ def test_active_deadline_and_kill(client: kubernetes.client.ApiClient, kube_clus
     wait(lambda: kube_cluster.pods("job-name=slow") == [])
 
     batch(client).create_namespaced_job("default", job("victim", sleeper))
-    pod = wait(lambda: [p for p in kube_cluster.pods("job-name=victim") if kube_cluster.log(p["metadata"]["name"])])[0]
+    pod = wait(lambda: [p for p in kube_cluster.pods("job-name=victim") if kube_cluster.output(p["metadata"]["name"])])[0]
     kube_cluster.kill(pod["metadata"]["name"])
     wait(lambda: job_condition(kube_cluster, "victim", "Failed"))
     state = terminated(kube_cluster.pods("job-name=victim")[0])
