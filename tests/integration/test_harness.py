@@ -395,6 +395,11 @@ def test_configmap_volume_path_mapping_and_pod_ip(client: kubernetes.client.ApiC
     assert terminated(pod)["message"] == "served"  # type: ignore[index]
 
 
+def started(cluster: Cluster, job_name: str) -> list[dict[str, Any]]:
+    """The Job's pods whose process has started and printed something."""
+    return [p for p in cluster.pods(f"job-name={job_name}") if cluster.output(p["metadata"]["name"])]
+
+
 def test_suspend_deletes_the_pod_and_resume_starts_a_new_one(
     client: kubernetes.client.ApiClient, kube_cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -411,7 +416,7 @@ def test_suspend_deletes_the_pod_and_resume_starts_a_new_one(
         """
     )
     batch(client).create_namespaced_job("default", job("sus", [PY, "-c", script]))
-    first = wait(lambda: [p for p in kube_cluster.pods("job-name=sus") if kube_cluster.output(p["metadata"]["name"])])
+    first = wait(lambda: started(kube_cluster, "sus"))
     first_name = first[0]["metadata"]["name"]
 
     batch(client).patch_namespaced_job("sus", "default", {"spec": {"suspend": True}})
@@ -422,7 +427,7 @@ def test_suspend_deletes_the_pod_and_resume_starts_a_new_one(
     assert "startTime" not in suspended["status"] and suspended["status"]["active"] == 0
 
     batch(client).patch_namespaced_job("sus", "default", {"spec": {"suspend": False}})
-    second = wait(lambda: [p for p in kube_cluster.pods("job-name=sus") if kube_cluster.output(p["metadata"]["name"])])
+    second = wait(lambda: started(kube_cluster, "sus"))
     assert second[0]["metadata"]["name"] != first_name
     assert kube_cluster.started_pods == [first_name, second[0]["metadata"]["name"]]
     [resumed] = kube_cluster.jobs()
@@ -440,7 +445,7 @@ def test_active_deadline_and_kill(client: kubernetes.client.ApiClient, kube_clus
     wait(lambda: kube_cluster.pods("job-name=slow") == [])
 
     batch(client).create_namespaced_job("default", job("victim", sleeper))
-    pod = wait(lambda: [p for p in kube_cluster.pods("job-name=victim") if kube_cluster.output(p["metadata"]["name"])])[0]
+    pod = wait(lambda: started(kube_cluster, "victim"))[0]
     kube_cluster.kill(pod["metadata"]["name"])
     wait(lambda: job_condition(kube_cluster, "victim", "Failed"))
     state = terminated(kube_cluster.pods("job-name=victim")[0])
