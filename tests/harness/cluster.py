@@ -415,17 +415,25 @@ class Cluster:
         )
         return json.loads(response.data)
 
+    def _call_unless_gone(
+        self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None
+    ) -> Any | None:
+        """``_call``, but None when the object is gone (404): it was deleted while we worked on it."""
+        try:
+            return self._call(method, path, body, query)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     def _patch_pod_status(self, pod: Mapping[str, Any], status: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
         if self._sent_status.get(uid) == status:
             return
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-        try:
-            new = self._call("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": status})
-        except ApiException as e:
-            if e.status == 404:
-                return
-            raise
+        new = self._call_unless_gone("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": status})
+        if new is None:
+            return
         self._sent_status[uid] = status
         self._pods.store(new)
 
@@ -543,17 +551,11 @@ class Cluster:
         old = job.get("status") or {}
         if status != old or not _same_conditions(status["conditions"], old.get("conditions") or []):
             patch = {**status, **{key: None for key in old if key not in status}}
-            try:
-                new = self._call(
-                    "PATCH",
-                    f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status",
-                    {"status": patch},
-                )
-            except ApiException as e:
-                if e.status == 404:  # deleted while we synced it: its DELETED event is on the way
-                    return
-                raise
-            self._jobs.store(new)
+            new = self._call_unless_gone(
+                "PATCH", f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}/status", {"status": patch}
+            )
+            if new is not None:  # None: deleted while we synced it, and its DELETED event is on the way
+                self._jobs.store(new)
 
     def _create_job_pods(
         self,
@@ -648,11 +650,8 @@ class Cluster:
     def _delete_pod(self, pod: Mapping[str, Any], grace: int | None = None) -> None:
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         query = [("gracePeriodSeconds", str(grace))] if grace is not None else []
-        try:
-            result = self._call("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", {}, query)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        result = self._call_unless_gone("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", {}, query)
+        if result is None:
             self._pods.store(pod, deleted=True)
             return
         if result.get("kind") == "Pod":
@@ -898,12 +897,8 @@ class Cluster:
     # ------------------------------------------------------------------ container environment
 
     def _get(self, path: str) -> dict[str, Any] | None:
-        try:
-            return dict(self._call("GET", path))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        found = self._call_unless_gone("GET", path)
+        return None if found is None else dict(found)
 
     def _prepare(
         self, pod: dict[str, Any], container: dict[str, Any], pod_dir: Path, ip: str
