@@ -44,6 +44,8 @@ import jsonpatch
 import kmock
 import yaml
 
+from . import openapi
+from .schema_validation import CustomResourceSchema, FieldError, invalid_error, warning_header
 from .selectors import (
     FieldRequirement,
     Requirement,
@@ -271,6 +273,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
     _dependents: dict[str, set[ObjKey]] = attrs.field(factory=dict, init=False)
     _logs: dict[ResKey, _ResourceLog] = attrs.field(factory=dict, init=False)
     _columns: dict[ResKey, list[PrinterColumn]] = attrs.field(factory=dict, init=False)
+    _schemas: dict[ResKey, CustomResourceSchema] = attrs.field(factory=dict, init=False)
     _rv: int = attrs.field(default=0, init=False)
     _state_lock: threading.RLock = attrs.field(factory=threading.RLock, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
@@ -322,6 +325,9 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                 )
                 for col in version.get("additionalPrinterColumns", [])
             ]
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            if schema:
+                self._schemas[key] = CustomResourceSchema(spec["group"], version["name"], names["kind"], schema)
             keys.append(key)
         crd = copy.deepcopy(doc)
         crd["status"] = {
@@ -415,6 +421,9 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         # Fast path. kmock decides whether a reaction sees a request by re-filtering its whole request log
         # (O(requests) per request: seconds per request after a few thousand). When no test-defined reaction
         # exists (only our fallbacks), resource requests go straight to the _serve_* methods.
+        if request.url.path.rstrip("/").startswith(openapi.ROOT):
+            # kmock has no /openapi; kubectl needs it whether or not a test added reactions (see openapi.py).
+            return await kmock.Response(payload=self._serve_openapi(request))(request)
         handler = self._direct_handler(request)
         if handler is not None and not any(payload.priorities[:1] != (-math.inf,) for payload in self._payloads):
             return await kmock.Response(payload=await handler(request))(request)
@@ -422,6 +431,24 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         # store without our semantics). The state lives in self._store and changes in the _serve_* fallbacks, so a
         # reaction that intercepts a request (e.g. ``api["patch", ...] << 500``) also prevents its state change.
         return await super(kmock.KubernetesEmulator, self)._handle(request)
+
+    def _serve_openapi(self, request: kmock.Request) -> kmock.Payload:
+        served = []
+        for res in self._get_resources():
+            if res.plural and "/" not in res.plural:
+                info = self.resources[res]
+                kind = info.kind or res.plural.capitalize()
+                served.append(
+                    openapi.ServedResource(res.group or "", res.version or "", res.plural, kind, bool(info.namespaced))
+                )
+        path = request.url.path.rstrip("/")
+        if path == openapi.ROOT:
+            return openapi.root_document(served)
+        wanted = path.removeprefix(openapi.ROOT + "/")
+        members = [res for res in served if openapi.group_version_path(res.group, res.version) == wanted]
+        if not members:
+            raise api_error(404, "NotFound", f"the server could not find the requested resource ({path})")
+        return openapi.group_version_document(members)
 
     def _direct_handler(self, request: kmock.Request) -> Callable[[kmock.Request], Any] | None:
         discovery = {"/version": self._serve_server_version, "/api": self._serve_api, "/apis": self._serve_apis}
@@ -585,9 +612,17 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         if not isinstance(request.data, Mapping):
             raise api_error(400, "BadRequest", "the request body must be a JSON object")
         dry_run = "dryRun" in request.params
+        warnings: list[str] = []
         with self._state_lock:
-            obj = self._create(res, request.namespace, dict(request.data), dry_run=dry_run)
-        return kmock.Response(status=201, payload=obj)
+            obj = self._create(
+                res,
+                request.namespace,
+                dict(request.data),
+                dry_run=dry_run,
+                field_validation=request.params.get("fieldValidation"),
+                warnings=warnings,
+            )
+        return self._response(obj, warnings, status=201)
 
     async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
         res, _ = self._resource(request)
@@ -604,14 +639,27 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             patch = ("merge", _strip_directives(body))
         else:
             raise api_error(400, "BadRequest", "the patch body must be a JSON object or array")
+        field_validation = request.params.get("fieldValidation")
+        warnings: list[str] = []
         with self._state_lock:
             if "apply-patch" in content_type and (request.namespace, request.name) not in self._store.get(res, {}):
                 applied = dict(body)
                 applied.setdefault("metadata", {})["name"] = request.name
-                return kmock.Response(status=201, payload=self._create(res, request.namespace, applied))
-            return self._update(
-                res, request.namespace, request.name, patch, request.subresource, dry_run="dryRun" in request.params
+                created = self._create(
+                    res, request.namespace, applied, field_validation=field_validation, warnings=warnings
+                )
+                return self._response(created, warnings, status=201)
+            updated = self._update(
+                res,
+                request.namespace,
+                request.name,
+                patch,
+                request.subresource,
+                dry_run="dryRun" in request.params,
+                field_validation=field_validation,
+                warnings=warnings,
             )
+        return self._response(updated, warnings)
 
     async def _serve_replace(self, request: kmock.Request) -> kmock.Payload:
         res, _ = self._resource(request)
@@ -619,15 +667,24 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             raise api_error(405, "MethodNotAllowed", "PUT needs an object URL")
         if not isinstance(request.data, Mapping):
             raise api_error(400, "BadRequest", "the request body must be a JSON object")
+        warnings: list[str] = []
         with self._state_lock:
-            return self._update(
+            replaced = self._update(
                 res,
                 request.namespace,
                 request.name,
                 ("replace", dict(request.data)),
                 request.subresource,
                 dry_run="dryRun" in request.params,
+                field_validation=request.params.get("fieldValidation"),
+                warnings=warnings,
             )
+        return self._response(replaced, warnings)
+
+    @staticmethod
+    def _response(obj: dict[str, Any], warnings: list[str], status: int = 200) -> kmock.Response:
+        headers = {"Warning": warning_header(warnings)} if warnings else None
+        return kmock.Response(status=status, payload=obj, headers=headers)
 
     async def _serve_delete(self, request: kmock.Request) -> kmock.Payload:
         res, _ = self._resource(request)
@@ -796,36 +853,48 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         self._rv += 1
         return str(self._rv)
 
-    def _validate(self, res: ResKey, obj: Mapping[str, Any]) -> None:
+    def _admit(
+        self,
+        res: ResKey,
+        obj: dict[str, Any],
+        old: Mapping[str, Any] | None,
+        field_validation: str | None,
+        warnings: list[str] | None,
+    ) -> tuple[dict[str, Any], list[FieldError]]:
+        """Prune and schema-check a custom resource (see schema_validation); built-in kinds pass unchanged."""
+        schema = self._schemas.get(res)
+        if schema is None:
+            return obj, []
+        return schema.admit(obj, old, field_validation, warnings)
+
+    def _validate(self, res: ResKey, obj: Mapping[str, Any], schema_errors: list[FieldError] | None = None) -> None:
+        """Name and label checks, reported in one 422 together with the schema's errors."""
         meta = obj.get("metadata") or {}
         name = str(meta.get("name", ""))
-        kind = self._kind(res)
-        errors: list[str] = []
+        errors: list[FieldError] = []
+
+        def invalid(field: str, value: str, detail: str) -> None:
+            errors.append(FieldError("FieldValueInvalid", field, f'Invalid value: "{value}": {detail}'))
+
         if res in (NAMESPACES, SERVICES, JOBS):  # names that end up as DNS labels or label values
             if len(name) > 63 or not _DNS_LABEL.match(name):
-                errors.append(
-                    f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 label must consist of lower case '
-                    "alphanumeric characters or '-', and must start and end with an alphanumeric character "
-                    "(at most 63 characters)"
+                invalid(
+                    "metadata.name",
+                    name,
+                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
+                    "start and end with an alphanumeric character (at most 63 characters)",
                 )
         elif len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
-            errors.append(f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain is required')
+            invalid("metadata.name", name, "a lowercase RFC 1123 subdomain is required")
         for key, value in (meta.get("labels") or {}).items():
             prefix, _, label = str(key).rpartition("/")
             if (prefix and not _DNS_SUBDOMAIN.match(prefix)) or len(label) > 63 or not _LABEL_NAME.match(label):
-                errors.append(f'metadata.labels: Invalid value: "{key}": invalid label key')
+                invalid("metadata.labels", str(key), "invalid label key")
             if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_NAME.match(value)):
-                errors.append(f'metadata.labels: Invalid value: "{value}": invalid label value')
+                invalid("metadata.labels", str(value), "invalid label value")
+        errors.extend(schema_errors or [])
         if errors:
-            raise api_error(
-                422,
-                "Invalid",
-                f'{kind} "{name}" is invalid: ' + ", ".join(errors),
-                name=name,
-                group=res[0],
-                kind=kind,
-                causes=[{"message": e} for e in errors],
-            )
+            raise invalid_error(self._kind(res), res[0], name, errors)
 
     def _index(self, key: ObjKey, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         """Keep the uid → object and owner uid → dependents indexes in step with the store."""
@@ -852,6 +921,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         *,
         dry_run: bool = False,
         keep_status: bool = False,
+        field_validation: str | None = None,
+        warnings: list[str] | None = None,
     ) -> dict[str, Any]:
         info = self._info(res)
         obj = copy.deepcopy(body)
@@ -892,7 +963,11 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                 name = prefix + random_suffix()
             meta["name"] = name
         name = meta["name"]
-        self._validate(res, obj)
+        if "status" in info.subresources and not keep_status:
+            obj.pop("status", None)  # the status of a new object is the server's/controllers' business
+        obj, schema_errors = self._admit(res, obj, None, field_validation, warnings)
+        meta = obj["metadata"]
+        self._validate(res, obj, schema_errors)
         if (namespace, name) in objects:
             raise api_error(
                 409,
@@ -909,8 +984,6 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
-        if "status" in info.subresources and not keep_status:
-            obj.pop("status", None)  # the status of a new object is the server's/controllers' business
         self._apply_defaults(res, obj)
         if dry_run:
             return obj
@@ -956,6 +1029,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         subresource: str | None,
         *,
         dry_run: bool = False,
+        field_validation: str | None = None,
+        warnings: list[str] | None = None,
     ) -> dict[str, Any]:
         info = self._info(res)
         current = self._get_or_404(res, namespace, name)
@@ -1006,9 +1081,10 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                 new_meta.pop(key, None)
         new_meta["resourceVersion"] = current["metadata"]["resourceVersion"]
         new["apiVersion"], new["kind"] = current["apiVersion"], current["kind"]
+        new, schema_errors = self._admit(res, new, current, field_validation, warnings)
         if new == current:
             return current  # a no-op: no new resourceVersion, no watch event
-        self._validate(res, new)
+        self._validate(res, new, schema_errors)
         if new.get("spec") != current.get("spec"):
             new_meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
         if dry_run:

@@ -45,7 +45,18 @@ def custom(client: kubernetes.client.ApiClient) -> kubernetes.client.CustomObjec
 
 
 def ftj(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+    """The smallest FineTuneJob the CRD's schema accepts, plus ``spec``."""
+    required = {
+        "baseModel": {"uri": "s3://models/tiny/"},
+        "dataset": {"train": "s3://data/train.jsonl"},
+        "output": {"uri": "s3://out/tune/"},
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {**required, **spec},
+    }
 
 
 def job(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
@@ -96,7 +107,7 @@ def terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
 
 def test_server_owned_metadata(client: kubernetes.client.ApiClient) -> None:
     api = custom(client)
-    created = api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, ftj("a", epochs=1))
+    created = api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, ftj("a", training={"epochs": 1}))
     meta = created["metadata"]
     assert len(meta["uid"]) == 36 and meta["generation"] == 1 and meta["namespace"] == "default"
     assert meta["creationTimestamp"].endswith("Z") and len(meta["creationTimestamp"]) == 20
@@ -106,9 +117,13 @@ def test_server_owned_metadata(client: kubernetes.client.ApiClient) -> None:
         GROUP, VERSION, "default", PLURAL, "a", {"metadata": {"labels": {"x": "y"}}}
     )
     assert labelled["metadata"]["generation"] == 1 and int(labelled["metadata"]["resourceVersion"]) > rv
-    respec = api.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a", {"spec": {"epochs": 2}})
+    respec = api.patch_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, "a", {"spec": {"training": {"epochs": 2}}}
+    )
     assert respec["metadata"]["generation"] == 2 and respec["metadata"]["uid"] == meta["uid"]
-    noop = api.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a", {"spec": {"epochs": 2}})
+    noop = api.patch_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, "a", {"spec": {"training": {"epochs": 2}}}
+    )
     assert noop["metadata"]["resourceVersion"] == respec["metadata"]["resourceVersion"]
 
     generated = core(client).create_namespaced_config_map("default", {"metadata": {"generateName": "cm-"}})
@@ -119,7 +134,12 @@ def test_server_owned_metadata(client: kubernetes.client.ApiClient) -> None:
     assert conflict.value.status == 409
     with pytest.raises(ApiException) as stale:
         api.patch_namespaced_custom_object(
-            GROUP, VERSION, "default", PLURAL, "a", {"metadata": {"resourceVersion": str(rv)}, "spec": {"epochs": 3}}
+            GROUP,
+            VERSION,
+            "default",
+            PLURAL,
+            "a",
+            {"metadata": {"resourceVersion": str(rv)}, "spec": {"training": {"epochs": 3}}},
         )
     assert stale.value.status == 409
     with pytest.raises(ApiException) as invalid:
@@ -133,7 +153,7 @@ def test_server_owned_metadata(client: kubernetes.client.ApiClient) -> None:
 def test_status_subresource(client: kubernetes.client.ApiClient) -> None:
     api = custom(client)
     created = api.create_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, {**ftj("a", epochs=1), "status": {"phase": "Ignored"}}
+        GROUP, VERSION, "default", PLURAL, {**ftj("a", training={"epochs": 1}), "status": {"phase": "Ignored"}}
     )
     assert "status" not in created
     main = api.patch_namespaced_custom_object(
@@ -141,14 +161,14 @@ def test_status_subresource(client: kubernetes.client.ApiClient) -> None:
     )
     assert "status" not in main and main["metadata"]["labels"] == {"k": "v"}
     status = api.patch_namespaced_custom_object_status(
-        GROUP, VERSION, "default", PLURAL, "a", {"status": {"phase": "Running"}, "spec": {"epochs": 9}}
+        GROUP, VERSION, "default", PLURAL, "a", {"status": {"phase": "Running"}, "spec": {"training": {"epochs": 9}}}
     )
-    assert status["status"] == {"phase": "Running"} and status["spec"] == {"epochs": 1}
+    assert status["status"] == {"phase": "Running"} and status["spec"] == created["spec"]
     assert status["metadata"]["generation"] == 1
     json_patched = api.patch_namespaced_custom_object_status(
-        GROUP, VERSION, "default", PLURAL, "a", [{"op": "replace", "path": "/status/phase", "value": "Done"}]
+        GROUP, VERSION, "default", PLURAL, "a", [{"op": "replace", "path": "/status/phase", "value": "Succeeded"}]
     )
-    assert json_patched["status"]["phase"] == "Done"
+    assert json_patched["status"]["phase"] == "Succeeded"
 
 
 def test_label_and_field_selectors(client: kubernetes.client.ApiClient) -> None:
@@ -258,19 +278,17 @@ def test_kubectl_get_uses_the_crd_printer_columns(
     api = custom(client)
     api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, ftj("tune-1", resources={"gpus": 2}))
     api.patch_namespaced_custom_object_status(
-        GROUP, VERSION, "default", PLURAL, "tune-1", {"status": {"phase": "Training", "metrics": {"trainLoss": 1.5}}}
+        GROUP, VERSION, "default", PLURAL, "tune-1", {"status": {"phase": "Running", "metrics": {"trainLoss": 1.5}}}
     )
     lines = kubectl(kube_api, tmp_path, "get", "ftj").splitlines()
     assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
-    assert lines[1].split()[:3] == ["tune-1", "Training", "1.5"]
+    assert lines[1].split()[:3] == ["tune-1", "Running", "1.5"]
     wide = kubectl(kube_api, tmp_path, "get", "finetunejobs", "-o", "wide").splitlines()
     assert wide[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS"]
     assert "2" in wide[1].split()
     assert "tune-1" in kubectl(kube_api, tmp_path, "get", "kubetune")
     assert "No resources found" in kubectl(kube_api, tmp_path, "get", "pods,jobs") + "No resources found"
-    assert (
-        json.loads(kubectl(kube_api, tmp_path, "get", "ftj", "tune-1", "-o", "json"))["status"]["phase"] == "Training"
-    )
+    assert json.loads(kubectl(kube_api, tmp_path, "get", "ftj", "tune-1", "-o", "json"))["status"]["phase"] == "Running"
 
 
 # ---------------------------------------------------------------------------- cluster
