@@ -111,6 +111,7 @@ class CustomResourceSchema:
         self.schema = schema
         self._cel = celpy.Environment()
         self._programs: dict[str, celpy.Runner] = {}
+        self._has_rules = "x-kubernetes-validations" in json.dumps(schema)
 
     # ------------------------------------------------------------------ the entry point
 
@@ -129,6 +130,7 @@ class CustomResourceSchema:
         """
         unknown: list[str] = []
         pruned = self.prune(obj, unknown)
+        unknown.sort()
         directive = field_validation or "Warn"
         if unknown and directive == "Strict":
             causes = ", ".join(f'unknown field "{path}"' for path in unknown)
@@ -185,7 +187,7 @@ class CustomResourceSchema:
         old_body = _MISSING if old is None else {k: v for k, v in old.items() if k not in _ENVELOPE}
         self._check(body, self.schema, "", old_body, errors, rules)
         blocking = any(e.reason in ("FieldValueTypeInvalid", "FieldValueRequired") for e in errors)
-        if rules and blocking:
+        if blocking and self._has_rules:
             errors.append(
                 FieldError(
                     "FieldValueInvalid",

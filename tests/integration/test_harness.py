@@ -17,6 +17,7 @@ from typing import Any
 
 import kubernetes.client
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from harness import Cluster, RunningApiServer
@@ -256,6 +257,406 @@ def test_namespaces(client: kubernetes.client.ApiClient) -> None:
     assert gone.value.status == 404
 
 
+# ---------------------------------------------------------------------------- custom resource schemas
+
+
+def status_of(error: ApiException) -> dict[str, Any]:
+    return dict(json.loads(error.body))
+
+
+def refused(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The Status of a request that must fail."""
+    with pytest.raises(ApiException) as failure:
+        call(*args, **kwargs)
+    status = status_of(failure.value)
+    assert status["code"] == failure.value.status
+    return status
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "reason", "body"),
+    [
+        (
+            {"training": {"maxSeqLength": "long"}},
+            "spec.training.maxSeqLength",
+            "FieldValueTypeInvalid",
+            'Invalid value: "string": spec.training.maxSeqLength in body must be of type integer: "string"',
+        ),
+        (
+            {"training": {"packing": "yes"}},
+            "spec.training.packing",
+            "FieldValueTypeInvalid",
+            'Invalid value: "string": spec.training.packing in body must be of type boolean: "string"',
+        ),
+        (
+            {"lora": {"targetModules": "q_proj"}},
+            "spec.lora.targetModules",
+            "FieldValueTypeInvalid",
+            'Invalid value: "string": spec.lora.targetModules in body must be of type array: "string"',
+        ),
+        (
+            {"training": {"lrScheduler": "step"}},
+            "spec.training.lrScheduler",
+            "FieldValueNotSupported",
+            'Unsupported value: "step": supported values: "cosine", "linear", "constant"',
+        ),
+        (
+            {"storage": {"credentialsSecret": "My_Secret"}},
+            "spec.storage.credentialsSecret",
+            "FieldValueInvalid",
+            'Invalid value: "My_Secret": spec.storage.credentialsSecret in body should match '
+            "'^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'",
+        ),
+        (
+            {"lora": {"r": 0}},
+            "spec.lora.r",
+            "FieldValueInvalid",
+            "Invalid value: 0: spec.lora.r in body should be greater than or equal to 1",
+        ),
+        (
+            {"lora": {"r": 2048}},
+            "spec.lora.r",
+            "FieldValueInvalid",
+            "Invalid value: 2048: spec.lora.r in body should be less than or equal to 1024",
+        ),
+        (  # minimum: 0 with OpenAPI 3.0's boolean exclusiveMinimum
+            {"training": {"learningRate": 0}},
+            "spec.training.learningRate",
+            "FieldValueInvalid",
+            "Invalid value: 0: spec.training.learningRate in body should be greater than 0",
+        ),
+        (  # maximum: 1.0 with exclusiveMaximum
+            {"lora": {"dropout": 1.0}},
+            "spec.lora.dropout",
+            "FieldValueInvalid",
+            "Invalid value: 1: spec.lora.dropout in body should be less than 1",
+        ),
+        (
+            {"storage": {"region": "r" * 65}},
+            "spec.storage.region",
+            "FieldValueTooLong",
+            "Too long: may not be more than 64 bytes",
+        ),
+        (
+            {"lora": {"targetModules": ["q_proj", ""]}},
+            "spec.lora.targetModules[1]",
+            "FieldValueInvalid",
+            'Invalid value: "": spec.lora.targetModules[1] in body should be at least 1 chars long',
+        ),
+        (
+            {"lora": {"targetModules": []}},
+            "spec.lora.targetModules",
+            "FieldValueInvalid",
+            "Invalid value: 0: spec.lora.targetModules in body should have at least 1 items",
+        ),
+        (
+            {"resources": {"nodeSelector": {"pool": 3}}},
+            "spec.resources.nodeSelector.pool",
+            "FieldValueTypeInvalid",
+            'Invalid value: "integer": spec.resources.nodeSelector.pool in body must be of type string: "integer"',
+        ),
+        (
+            {"resources": {"tolerations": [{"operator": "Sometimes"}]}},
+            "spec.resources.tolerations[0].operator",
+            "FieldValueNotSupported",
+            'Unsupported value: "Sometimes": supported values: "Exists", "Equal"',
+        ),
+        (
+            {"dataset": {"format": "chat"}},  # replaces the dataset, which then lacks the required train
+            "spec.dataset.train",
+            "FieldValueRequired",
+            "Required value",
+        ),
+    ],
+)
+def test_a_custom_resource_that_breaks_its_schema_is_refused_with_the_field_named(
+    client: kubernetes.client.ApiClient,
+    kube_api: RunningApiServer,
+    spec: dict[str, Any],
+    field: str,
+    reason: str,
+    body: str,
+) -> None:
+    api = custom(client)
+    status = refused(api.create_namespaced_custom_object, GROUP, VERSION, "default", PLURAL, ftj("bad", **spec))
+    assert (status["code"], status["reason"]) == (422, "Invalid")
+    causes = status["details"]["causes"]
+    assert causes[0] == {"reason": reason, "field": field, "message": body}
+    assert status["details"]["kind"] == "FineTuneJob" and status["details"]["group"] == GROUP
+    if reason in ("FieldValueTypeInvalid", "FieldValueRequired"):  # kube-apiserver then skips CEL, and says so
+        assert [cause["field"] for cause in causes] == [field, "<nil>"]
+        assert "some validation rules were not checked" in causes[1]["message"]
+        assert status["message"].startswith(f'FineTuneJob.kubetune.io "bad" is invalid: [{field}: {body}, <nil>: ')
+    else:
+        assert len(causes) == 1
+        assert status["message"] == f'FineTuneJob.kubetune.io "bad" is invalid: {field}: {body}'
+    assert kube_api.api.objects_of(GROUP, VERSION, PLURAL) == []
+
+
+def test_every_error_is_reported_in_one_status(client: kubernetes.client.ApiClient) -> None:
+    body = ftj("bad", lora={"r": 0, "alpha": -1})
+    del body["spec"]["output"]
+    status = refused(custom(client).create_namespaced_custom_object, GROUP, VERSION, "default", PLURAL, body)
+    fields = [cause["field"] for cause in status["details"]["causes"]]
+    assert sorted(fields[:3]) == ["spec.lora.alpha", "spec.lora.r", "spec.output"]
+    assert status["message"].startswith('FineTuneJob.kubetune.io "bad" is invalid: [')
+    assert "spec.output: Required value" in status["message"] and status["message"].endswith("]")
+
+
+def test_int_or_string_and_cel_rules(client: kubernetes.client.ApiClient) -> None:
+    api = custom(client)
+    for name, epochs in [("three", 3), ("auto", "auto")]:
+        created = api.create_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, ftj(name, training={"epochs": epochs})
+        )
+        assert created["spec"]["training"]["epochs"] == epochs
+    message = "epochs must be 'auto' or an integer between 1 and 100000"
+    for epochs, shown in [("many", "string"), (0, "integer"), (100001, "integer")]:
+        status = refused(
+            api.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            "default",
+            PLURAL,
+            ftj("x", training={"epochs": epochs}),
+        )
+        cause = {
+            "reason": "FieldValueInvalid",
+            "field": "spec.training.epochs",
+            "message": f'Invalid value: "{shown}": {message}',
+        }
+        assert status["details"]["causes"] == [cause]
+        assert status["message"] == f'FineTuneJob.kubetune.io "x" is invalid: spec.training.epochs: {cause["message"]}'
+    float_epochs = refused(
+        api.create_namespaced_custom_object, GROUP, VERSION, "default", PLURAL, ftj("x", training={"epochs": 1.5})
+    )
+    assert float_epochs["details"]["causes"][0] == {
+        "reason": "FieldValueTypeInvalid",
+        "field": "spec.training.epochs",
+        "message": 'Invalid value: "number": spec.training.epochs in body must be of type integer,string: "number"',
+    }
+    # As in kube-apiserver, CEL rules are not run on an object with type errors; that is said, too.
+    assert "some validation rules were not checked" in float_epochs["message"]
+    patched = refused(
+        api.patch_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        "default",
+        PLURAL,
+        "three",
+        {"spec": {"training": {"batchSize": "huge"}}},
+    )
+    assert patched["details"]["causes"][0]["field"] == "spec.training.batchSize"
+    assert "batchSize must be 'auto' or an integer" in patched["message"]
+
+
+def test_unknown_fields_are_pruned_warned_about_or_refused_as_field_validation_says(
+    client: kubernetes.client.ApiClient, kube_api: RunningApiServer
+) -> None:
+    api = custom(client)
+    typo = ftj("warned", training={"learningrate": 0.1, "epochs": 2}, colour="blue")
+    # No fieldValidation: Warn, the default since Kubernetes 1.23.
+    created, code, headers = api.create_namespaced_custom_object_with_http_info(GROUP, VERSION, "default", PLURAL, typo)
+    assert code == 201 and created["spec"]["training"] == {"epochs": 2} and "colour" not in created["spec"]
+    assert (
+        headers["Warning"]
+        == '299 - "unknown field \\"spec.colour\\"", 299 - "unknown field \\"spec.training.learningrate\\""'
+    )
+    stored = kube_api.api.get_object(GROUP, VERSION, PLURAL, "default", "warned")
+    assert stored is not None and stored["spec"] == created["spec"]
+
+    ignored = {**typo, "metadata": {"name": "ignored"}}
+    created, _, headers = api.create_namespaced_custom_object_with_http_info(
+        GROUP, VERSION, "default", PLURAL, ignored, field_validation="Ignore"
+    )
+    assert created["spec"]["training"] == {"epochs": 2} and "Warning" not in headers
+
+    strict = refused(
+        api.create_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        "default",
+        PLURAL,
+        {**typo, "metadata": {"name": "strict"}},
+        field_validation="Strict",
+    )
+    assert (strict["code"], strict["reason"]) == (400, "BadRequest")
+    assert strict["message"] == (
+        'FineTuneJob in version "v1alpha1" cannot be handled as a FineTuneJob: strict decoding error: '
+        'unknown field "spec.colour", unknown field "spec.training.learningrate"'
+    )
+    assert kube_api.api.get_object(GROUP, VERSION, PLURAL, "default", "strict") is None
+
+    # A patch that only adds an unknown field changes nothing: no new resourceVersion.
+    before = kube_api.api.get_object(GROUP, VERSION, PLURAL, "default", "warned")
+    assert before is not None
+    same = api.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "warned", {"spec": {"colour": "red"}})
+    assert same["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    refused(
+        api.patch_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        "default",
+        PLURAL,
+        "warned",
+        {"spec": {"colour": "red"}},
+        field_validation="Strict",
+    )
+
+
+def test_a_refused_update_changes_nothing(client: kubernetes.client.ApiClient, kube_api: RunningApiServer) -> None:
+    api = custom(client)
+    api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, ftj("kept", training={"epochs": 2}))
+    before = kube_api.api.get_object(GROUP, VERSION, PLURAL, "default", "kept")
+    rv = kube_api.api.resource_version
+    stream = kubernetes.watch.Watch().stream(
+        api.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        "default",
+        PLURAL,
+        resource_version=str(rv),
+        timeout_seconds=1,
+    )
+    bad_spec = {"training": {"epochs": "many", "seed": 1}, "lora": {"r": 8}}
+    refused(api.patch_namespaced_custom_object, GROUP, VERSION, "default", PLURAL, "kept", {"spec": bad_spec})
+    json_patch = [
+        {"op": "replace", "path": "/spec/training/epochs", "value": "many"},
+        {"op": "add", "path": "/metadata/labels", "value": {"touched": "yes"}},
+    ]
+    refused(api.patch_namespaced_custom_object, GROUP, VERSION, "default", PLURAL, "kept", json_patch)
+    assert before is not None
+    replacement = {**before, "spec": {**before["spec"], "training": {"epochs": 0}}}
+    refused(api.replace_namespaced_custom_object, GROUP, VERSION, "default", PLURAL, "kept", replacement)
+    assert kube_api.api.get_object(GROUP, VERSION, PLURAL, "default", "kept") == before
+    assert kube_api.api.resource_version == rv
+    assert list(stream) == []  # no watch event
+
+
+CRD_TEMPLATE: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "spec": {"group": "harness.test", "scope": "Namespaced"},
+}
+
+
+def widget_crd(tmp_path: Path, kind: str, status_schema: dict[str, Any]) -> Path:
+    """A CRD of our own, to check the status subresource both typed and x-kubernetes-preserve-unknown-fields."""
+    plural = kind.lower() + "s"
+    spec_schema = {
+        "type": "object",
+        "properties": {
+            "size": {"type": "integer", "minimum": 1},
+            "mode": {
+                "type": "string",
+                "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "mode is immutable"}],
+            },
+            "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "note": {"type": "string", "nullable": True},
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.size) || self.size % 2 == 0",
+                "messageExpression": "'size must be even, not ' + string(self.size)",
+                "fieldPath": ".size",
+            }
+        ],
+    }
+    crd = {
+        **CRD_TEMPLATE,
+        "metadata": {"name": f"{plural}.harness.test"},
+        "spec": {
+            **CRD_TEMPLATE["spec"],
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    path = tmp_path / f"{plural}.yaml"
+    path.write_text(yaml.safe_dump(crd))
+    return path
+
+
+def widget(kind: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "harness.test/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def test_status_subresource_is_validated_and_pruned_against_a_typed_status(
+    client: kubernetes.client.ApiClient, kube_api: RunningApiServer, tmp_path: Path
+) -> None:
+    typed = {
+        "type": "object",
+        "properties": {
+            "phase": {"type": "string", "enum": ["Pending", "Done"]},
+            "count": {"type": "integer", "minimum": 0},
+        },
+    }
+    kube_api.api.register_crd(widget_crd(tmp_path, "Widget", typed))
+    api = custom(client)
+    args = ("harness.test", "v1", "default", "widgets")
+    api.create_namespaced_custom_object(*args, widget("Widget", "w", size=2, mode="fast"))
+    done = api.patch_namespaced_custom_object_status(*args, "w", {"status": {"phase": "Done", "count": 1, "x": 1}})
+    assert done["status"] == {"phase": "Done", "count": 1}  # the unknown status field is pruned
+
+    before = kube_api.api.get_object("harness.test", "v1", "widgets", "default", "w")
+    status = refused(api.patch_namespaced_custom_object_status, *args, "w", {"status": {"phase": "Lost", "count": -1}})
+    assert [cause["field"] for cause in status["details"]["causes"]] == ["status.phase", "status.count"]
+    assert status["message"].startswith('Widget.harness.test "w" is invalid: [status.phase: Unsupported value: "Lost"')
+    refused(api.replace_namespaced_custom_object_status, *args, "w", {**done, "status": {"count": "many"}})
+    assert kube_api.api.get_object("harness.test", "v1", "widgets", "default", "w") == before
+
+    # The main endpoint: CEL with messageExpression and fieldPath, a transition rule (oldSelf), nullable.
+    odd = refused(api.patch_namespaced_custom_object, *args, "w", {"spec": {"size": 3}})
+    assert odd["details"]["causes"] == [
+        {
+            "reason": "FieldValueInvalid",
+            "field": "spec.size",
+            "message": 'Invalid value: "object": size must be even, not 3',
+        }
+    ]
+    changed = refused(api.patch_namespaced_custom_object, *args, "w", {"spec": {"mode": "slow"}})
+    assert changed["details"]["causes"][0]["field"] == "spec.mode" and "mode is immutable" in changed["message"]
+    nulled = refused(api.replace_namespaced_custom_object, *args, "w", {**done, "spec": {"size": None}})
+    assert 'spec.size in body must be of type integer: "null"' in nulled["message"]
+    kept = api.replace_namespaced_custom_object(
+        *args, "w", {**done, "spec": {"size": 4, "mode": "fast", "note": None, "extra": {"any": {"thing": 1}}}}
+    )
+    assert kept["spec"] == {"size": 4, "mode": "fast", "note": None, "extra": {"any": {"thing": 1}}}
+    assert kept["status"] == done["status"]
+
+
+def test_status_that_preserves_unknown_fields_takes_anything(
+    client: kubernetes.client.ApiClient, kube_api: RunningApiServer, tmp_path: Path
+) -> None:
+    loose = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    kube_api.api.register_crd(widget_crd(tmp_path, "Gadget", loose))
+    api = custom(client)
+    args = ("harness.test", "v1", "default", "gadgets")
+    api.create_namespaced_custom_object(*args, widget("Gadget", "g", size=2))
+    anything = {"phase": "Whatever", "nested": {"deep": [1, "two", {"three": None}]}}
+    assert api.patch_namespaced_custom_object_status(*args, "g", {"status": anything})["status"] == anything
+    # A status update cannot change (or break) the spec.
+    assert api.patch_namespaced_custom_object_status(*args, "g", {"spec": {"size": -1}})["spec"] == {"size": 2}
+
+
 def kubectl(kube_api: RunningApiServer, tmp_path: Path, *args: str) -> str:
     assert kube_api.kubeconfig is not None
     env = {**os.environ, "KUBECACHEDIR": str(tmp_path / "kube-cache")}
@@ -289,6 +690,35 @@ def test_kubectl_get_uses_the_crd_printer_columns(
     assert "tune-1" in kubectl(kube_api, tmp_path, "get", "kubetune")
     assert "No resources found" in kubectl(kube_api, tmp_path, "get", "pods,jobs") + "No resources found"
     assert json.loads(kubectl(kube_api, tmp_path, "get", "ftj", "tune-1", "-o", "json"))["status"]["phase"] == "Running"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (make test installs it as root)")
+def test_kubectl_sends_field_validation_and_shows_the_servers_verdict(
+    kube_api: RunningApiServer, tmp_path: Path
+) -> None:
+    assert kube_api.kubeconfig is not None
+    env = {**os.environ, "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+
+    def apply(body: dict[str, Any], *flags: str) -> subprocess.CompletedProcess[str]:
+        manifest = tmp_path / "ftj.yaml"
+        manifest.write_text(yaml.safe_dump({**body, "metadata": {**body["metadata"], "namespace": "default"}}))
+        command = ["kubectl", "--kubeconfig", str(kube_api.kubeconfig), "apply", "-f", str(manifest), *flags]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=30)
+
+    typo = ftj("typo", training={"learningrate": 0.1})
+    warned = apply(typo, "--validate=warn")  # fieldValidation=Warn: stored without the unknown field
+    assert warned.returncode == 0, warned.stderr
+    assert 'Warning: unknown field "spec.training.learningrate"' in warned.stderr
+    stored = kube_api.api.get_object(GROUP, VERSION, PLURAL, "default", "typo")
+    assert stored is not None and stored["spec"]["training"] == {}
+
+    strict = apply(typo)  # kubectl's default is --validate=strict, which the server now carries out
+    assert strict.returncode != 0
+    assert 'strict decoding error: unknown field "spec.training.learningrate"' in strict.stderr
+
+    bad = apply(ftj("bad", lora={"r": 0}))
+    assert bad.returncode != 0 and "spec.lora.r: Invalid value: 0" in bad.stderr, bad.stderr
+    assert kube_api.api.get_object(GROUP, VERSION, PLURAL, "default", "bad") is None
 
 
 # ---------------------------------------------------------------------------- cluster
