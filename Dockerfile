@@ -34,7 +34,7 @@ COPY api ./api
 COPY operator ./operator
 COPY trainer ./trainer
 RUN pip install --no-deps --force-reinstall . \
- && python -c "import kubetune_operator.main, kubetune_api.spec"
+ && python -c "import kubetune_operator.cli.kubetune_operator, kubetune_api.spec"
 
 FROM ${PYTHON_IMAGE} AS operator
 ARG DEBIAN_FRONTEND=noninteractive

@@ -1,7 +1,7 @@
 """bench/operator_scale.py: how the operator copes with many FineTuneJobs at once.
 
 Creates N FineTuneJobs (default 1,000) on the test Kubernetes API emulator (`tests/harness`) with the
-real operator process (`python -m kubetune_operator.main --all-namespaces`) watching it, and reports:
+real operator process (`python -m kubetune_operator.cli.kubetune_operator --all-namespaces`) watching it, and reports:
 
 * the time from the first create call until every trainer Job `<name>-train-1` exists (goal: 60 s for
   1,000 jobs); with `--preflight`, every preflight Job `<name>-preflight` instead;

@@ -12,7 +12,16 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "kubetune.io"
@@ -24,9 +33,20 @@ PLURAL = "finetunejobs"
 # s3:// bucket names follow the AWS naming rules closely enough to catch typos.
 URI_PATTERN = r"^((s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?)|((file|pvc)://.+)|([^:]+))$"
 _URI_RE = re.compile(URI_PATTERN)
+_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+SUPPORTED_URIS = "s3://bucket/key, pvc://claim/path, file:///path, or a local path with `kubetune run`"
 
 AUTO = "auto"
 ALL_LINEAR = "all-linear"
+
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+HTTP_URL_PATTERN = r"^https?://[^\s]+$"
+# What each pattern means, for error messages (pydantic would print the expression itself).
+PATTERN_MEANINGS = {
+    DNS_SUBDOMAIN_PATTERN: "must be a lowercase RFC 1123 name: letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit",
+    HTTP_URL_PATTERN: "must be an http:// or https:// URL, e.g. https://minio.example:9000",
+}
 
 
 class _Model(BaseModel):
@@ -40,18 +60,33 @@ class _Model(BaseModel):
     )
 
 
-def _check_uri(value: str, field: str) -> str:
-    if not _URI_RE.match(value):
+def check_uri(value: str) -> str:
+    """The URI, or a ValueError that says which schemes work, and why hf:// does not."""
+    if _URI_RE.match(value):
+        return value
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme == "s3":
+        bucket = value[len("s3://") :].split("/", 1)[0]
+        if not _S3_BUCKET_RE.match(bucket):
+            raise ValueError(
+                f"{value!r}: {bucket!r} is not a valid S3 bucket name "
+                "(3-63 characters: lowercase letters, digits, dots and hyphens)"
+            )
+    if scheme in ("hf", "huggingface"):
         raise ValueError(
-            f"{field}: {value!r} is not a supported URI; use s3://bucket/key, file:///path, "
-            "pvc://claim/path or a local path"
+            f"{value!r}: hf:// is not accepted: kubetune never downloads from a model hub at run time, so "
+            f"that data and weights stay in your own buckets and volumes; upload the model and use {SUPPORTED_URIS}"
         )
-    return value
+    raise ValueError(f"{value!r} is not a supported URI: use {SUPPORTED_URIS}")
 
 
+# The CRD keeps the pattern (the apiserver checks it); pydantic's own message would print the
+# regular expression, so check_uri words the error instead.
 Uri = Annotated[
     str,
-    Field(min_length=1, max_length=2048, pattern=URI_PATTERN),
+    Field(min_length=1, max_length=2048),
+    AfterValidator(check_uri),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 2048, "pattern": URI_PATTERN}),
 ]
 
 
@@ -70,6 +105,13 @@ class Precision(StrEnum):
     FP32 = "fp32"
 
 
+def precision_problem(precision: Precision, on_gpu: bool) -> str | None:
+    """The one hardware rule of the spec, shared by the operator's admission and the trainer."""
+    if precision is Precision.FP16 and not on_gpu:
+        return "training.precision: fp16 needs a GPU; use bf16, fp32 or auto"
+    return None
+
+
 class LRScheduler(StrEnum):
     COSINE = "cosine"
     LINEAR = "linear"
@@ -85,11 +127,6 @@ class BaseModelSpec(_Model):
             "not supported: weights come from your own buckets and volumes."
         )
     )
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, v: str) -> str:
-        return _check_uri(v, "baseModel.uri")
 
 
 class DatasetSpec(_Model):
@@ -112,11 +149,6 @@ class DatasetSpec(_Model):
         description="Fraction of train rows held out for evaluation when no validation file is given.",
     )
 
-    @field_validator("train", "validation")
-    @classmethod
-    def _uris(cls, v: str | None) -> str | None:
-        return None if v is None else _check_uri(v, "dataset uri")
-
 
 class LoRASpec(_Model):
     r: int = Field(default=16, ge=1, le=1024, description="LoRA rank.")
@@ -136,7 +168,7 @@ class LoRASpec(_Model):
     @classmethod
     def _all_linear_alone(cls, v: list[str]) -> list[str]:
         if ALL_LINEAR in v and len(v) > 1:
-            raise ValueError("lora.targetModules: 'all-linear' cannot be combined with module names")
+            raise ValueError("'all-linear' cannot be combined with module names")
         return v
 
 
@@ -223,24 +255,19 @@ class OutputSpec(_Model):
     uri: Uri = Field(description="Where the adapter, checkpoints, metrics and manifest go (s3://, file://, path).")
     merge_adapter: bool = Field(default=False, description="Also write full merged weights under merged/ (large).")
 
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, v: str) -> str:
-        return _check_uri(v, "output.uri")
-
 
 class StorageSpec(_Model):
     endpoint: str | None = Field(
         default=None,
         max_length=2048,
-        pattern=r"^https?://[^\s]+$",
+        pattern=HTTP_URL_PATTERN,
         description="S3 endpoint URL for MinIO, Ceph or other S3-compatible stores. Empty means AWS.",
     )
     region: str | None = Field(default=None, max_length=64, description="S3 region.")
     credentials_secret: str | None = Field(
         default=None,
         max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        pattern=DNS_SUBDOMAIN_PATTERN,
         description=(
             "Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the trainer. "
             "Empty means the pod's service-account identity (IRSA, workload identity)."
@@ -292,7 +319,7 @@ class FineTuneJobSpec(_Model):
     service_account_name: str | None = Field(
         default=None,
         max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        pattern=DNS_SUBDOMAIN_PATTERN,
         description="ServiceAccount of the trainer and preflight pods, for a cloud identity (IRSA, Workload "
         "Identity) instead of storage.credentialsSecret. Its API token is still not mounted.",
     )
@@ -325,7 +352,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
     namespace: str | None = None
 
 

@@ -7,12 +7,16 @@ laptop and on a cluster. No torch here.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubetune_api.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
     DatasetSpec,
     EvaluationSpec,
     FineTuneJob,
@@ -119,3 +123,34 @@ def trainer_config_from_job(
 def load_manifest(data: dict[str, Any]) -> FineTuneJob:
     """Validate a manifest by its wire (camelCase) names only, as the apiserver would."""
     return FineTuneJob.model_validate(data, by_alias=True, by_name=False)
+
+
+class ManifestError(ValueError):
+    """A YAML file that does not hold exactly one FineTuneJob; the message says what it holds."""
+
+
+def select_finetunejob(documents: list[Any]) -> dict[str, Any]:
+    """The one FineTuneJob among a file's YAML documents.
+
+    A wrong kind or apiVersion is named as such (with the nearest real kind), not reported as
+    "no FineTuneJob found", because that is the mistake a person makes.
+    """
+    expected_version = f"{API_GROUP}/{API_VERSION}"
+    objects = [d for d in documents if isinstance(d, dict)]
+    jobs = [d for d in objects if d.get("kind") == KIND]
+    if len(jobs) > 1:
+        raise ManifestError(f"expected exactly one FineTuneJob document, found {len(jobs)}")
+    if jobs:
+        version = jobs[0].get("apiVersion")
+        if version != expected_version:
+            raise ManifestError(f"apiVersion is {version!r}; a FineTuneJob's apiVersion is {expected_version}")
+        return jobs[0]
+    if not objects:
+        raise ManifestError(f"the file holds no YAML object; expected a FineTuneJob ({expected_version})")
+    kinds = [str(d.get("kind")) for d in objects]
+    near = difflib.get_close_matches(KIND.lower(), [k.lower() for k in kinds], n=1, cutoff=0.75)
+    if near:
+        kind = kinds[[k.lower() for k in kinds].index(near[0])]
+        raise ManifestError(f"kind is {kind!r}; did you mean {KIND}? (apiVersion {expected_version})")
+    listed = ", ".join(repr(k) for k in kinds)
+    raise ManifestError(f"expected a FineTuneJob ({expected_version}), found kind {listed}")

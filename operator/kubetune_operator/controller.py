@@ -1,4 +1,4 @@
-"""Applies reconcile plans: the thin, effectful half of the operator.
+"""Applies decisions: the thin, effectful half of the operator.
 
 One `Controller` serves every FineTuneJob. Each job has a kopf daemon that loops:
 observe (indices + /progress) -> decide (pure) -> apply (API calls) -> wait for a wakeup
@@ -16,15 +16,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
+from kubetune_api.protocol import ProgressReport
 from kubetune_api.spec import FineTuneJobSpec
+from kubetune_api.status import ConditionType, FineTuneJobStatus, Phase
 from kubetune_operator import manifests
+from kubetune_operator.decide import Decision, Snapshot, decide
 from kubetune_operator.kube import Kube, load_config
 from kubetune_operator.metrics import OperatorMetrics
-from kubetune_operator.reconcile import Plan, Snapshot, decide, merge_patch, parse_time, progress_url
+from kubetune_operator.patching import merge_patch
 from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.status import Phase
-from kubetune_operator.views import JobView, PodView
+from kubetune_operator.views import JobView, PodView, progress_url
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -106,7 +109,8 @@ class Controller:
         started = time.perf_counter()
         try:
             written = self._written.get(key)
-            status = json.loads(written) if written else copy.deepcopy(dict(body.get("status") or {}))
+            stored: JSON = json.loads(written) if written else copy.deepcopy(dict(body.get("status") or {}))
+            status = FineTuneJobStatus.model_validate(stored)
             pod_views = tuple(pods)
             generation = int(meta.get("generation") or 1)
             self._generations[key] = generation  # events from here on about this generation need no wakeup
@@ -118,11 +122,11 @@ class Controller:
                 status=status,
                 jobs=tuple(jobs),
                 pods=pod_views,
-                progress=await self._progress(progress_url(status, pod_views)),
+                progress=await self._progress(progress_url(status.attempts or 0, pod_views)),
             )
-            plan = decide(snapshot, self.settings)
-            await self._apply(key, meta, status, plan, post_event)
-            return plan.requeue_after
+            decision = decide(snapshot, self.settings)
+            await self._apply(key, meta, stored, decision, post_event)
+            return decision.requeue_after
         except Exception:
             self.metrics.reconcile_errors.inc()
             log.exception("reconcile of %s/%s failed; retrying in %ss", *key, ERROR_BACKOFF_SECONDS)
@@ -130,47 +134,48 @@ class Controller:
         finally:
             self.metrics.reconcile_duration.observe(time.perf_counter() - started)
 
-    async def _progress(self, url: str | None) -> JSON | None:
+    async def _progress(self, url: str | None) -> ProgressReport | None:
+        """The trainer's ProgressReport; None when it cannot be had (a missed poll is not an error)."""
         if url is None or self.http is None:
             return None
         try:
             async with self.http.get(url) as response:
                 if response.status != 200:
                     return None
-                data = await response.json()
-                return data if isinstance(data, dict) else None
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                return ProgressReport.model_validate_json(await response.read())
+        except (aiohttp.ClientError, TimeoutError, ValidationError) as exc:
             log.debug("no progress from %s: %s", url, exc)
             return None
 
-    async def _apply(self, key: Key, meta: JSON, old: JSON, plan: Plan, post_event: PostEvent) -> None:
+    async def _apply(self, key: Key, meta: JSON, old: JSON, decision: Decision, post_event: PostEvent) -> None:
         namespace, name = key
-        spec = plan.spec
+        spec = decision.spec
         owner = manifests.Owner(name=name, namespace=namespace, uid=meta.get("uid", ""))
-        if plan.create_preflight and spec is not None:
+        if decision.create_preflight and spec is not None:
             await self._create_all(manifests.preflight_objects(owner, spec, self.settings))
-        if plan.create_attempt is not None and spec is not None:
-            await self._create_attempt(owner, spec, plan)
-        for job_name, suspended in plan.suspend.items():
+        if decision.create_attempt is not None and spec is not None:
+            await self._create_attempt(owner, spec, decision)
+        for job_name, suspended in decision.suspend.items():
             await self.kube.set_job_suspended(namespace, job_name, suspended)
-        for job_name in plan.delete_jobs:
+        for job_name in decision.delete_jobs:
             await self.kube.delete_job(namespace, job_name)
 
-        patch = merge_patch(old, plan.status)
+        new = decision.status.to_wire()
+        patch = merge_patch(old, new)
         if patch:
             await self.kube.patch_status(namespace, name, patch)
-            self._written[key] = json.dumps(plan.status, separators=(",", ":"))
-        for event in plan.events:
+            self._written[key] = json.dumps(new, separators=(",", ":"))
+        for event in decision.events:
             post_event(event.type, event.reason, event.message)
-        self._record(key, old, plan)
-        if plan.delete_self:
+        self._record(key, old, decision)
+        if decision.delete_self:
             log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
             await self.kube.delete_finetunejob(namespace, name)
 
-    async def _create_attempt(self, owner: manifests.Owner, spec: FineTuneJobSpec, plan: Plan) -> None:
-        assert plan.create_attempt is not None
+    async def _create_attempt(self, owner: manifests.Owner, spec: FineTuneJobSpec, decision: Decision) -> None:
+        assert decision.create_attempt is not None
         objects = manifests.attempt_objects(
-            owner, spec, self.settings, plan.create_attempt, plan.attempt_deadline_seconds
+            owner, spec, self.settings, decision.create_attempt, decision.attempt_deadline_seconds
         )
         await self._create_all(objects)
 
@@ -187,19 +192,20 @@ class Controller:
                 self.metrics.children_created.labels(kind=obj["kind"]).inc()
             self._recent_creates[key] = now
 
-    def _record(self, key: Key, old: JSON, plan: Plan) -> None:
-        new_phase = str(plan.status.get("phase") or Phase.PENDING)
+    def _record(self, key: Key, old: JSON, decision: Decision) -> None:
+        """Log and count what changed. `old` is the stored status, as the API returned it."""
+        status, old_phase = decision.status, old.get("phase")
+        new_phase = status.phase or Phase.PENDING
         queued_since = None
         if new_phase == Phase.QUEUED:
-            conditions: list[JSON] = plan.status.get("conditions") or []
-            admitted: JSON = next((c for c in conditions if c.get("type") == "Admitted"), {})
-            since = parse_time(admitted.get("lastTransitionTime"))
-            queued_since = since.timestamp() if since else time.time()
-        if old.get("phase") != new_phase:
-            log.info("%s/%s: %s -> %s: %s", *key, old.get("phase"), new_phase, plan.status.get("message", ""))
-        self.metrics.observe_phase(key, old.get("phase"), new_phase, queued_since)
-        if new_phase == Phase.FAILED and old.get("phase") != Phase.FAILED:
-            self.metrics.failures.labels(reason=(plan.status.get("error") or {}).get("reason", "Unknown")).inc()
-        retry = plan.status.get("lastFailure") or {}
-        if plan.create_attempt and plan.create_attempt > 1 and retry != (old.get("lastFailure") or {}):
-            self.metrics.retries.labels(reason=retry.get("reason", "Unknown")).inc()
+            admitted = status.condition(ConditionType.ADMITTED)
+            queued_since = admitted.last_transition_time.timestamp() if admitted else time.time()
+        if old_phase != new_phase:
+            log.info("%s/%s: %s -> %s: %s", *key, old_phase, new_phase, status.message or "")
+        self.metrics.observe_phase(key, old_phase, new_phase, queued_since)
+        if new_phase == Phase.FAILED and old_phase != Phase.FAILED:
+            self.metrics.failures.labels(reason=status.error.reason if status.error else "Unknown").inc()
+        retry = status.last_failure
+        old_retry = FineTuneJobStatus.model_validate(old).last_failure
+        if decision.create_attempt and decision.create_attempt > 1 and retry is not None and retry != old_retry:
+            self.metrics.retries.labels(reason=retry.reason).inc()

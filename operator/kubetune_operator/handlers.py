@@ -1,4 +1,4 @@
-"""kopf registrations. Each handler is a few lines: the work is in controller and reconcile.
+"""kopf registrations. Each handler is a few lines: the work is in controller and decide.
 
 - Indices keep every trainer/preflight Job and Pod in memory, keyed by the owning
   FineTuneJob, and wake that job's loop when one changes.
@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 import kopf
 
 from kubetune_api.spec import API_GROUP, API_VERSION, PLURAL
+from kubetune_api.status import TERMINAL_PHASES, Phase
 from kubetune_operator.controller import Controller
 from kubetune_operator.manifests import LABEL_JOB
 from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.status import TERMINAL, Phase
 from kubetune_operator.views import JobView, PodView, job_view, owner_key, pod_view
 
 FINALIZER = f"{API_GROUP}/finalizer"
@@ -33,7 +33,7 @@ def controller_of(memo: Any) -> Controller:
 def ensure_controller(memo: Any) -> Controller:
     """`kubetune-operator` passes a controller in the memo; plain `kopf run -m` gets one from env."""
     if getattr(memo, "controller", None) is None:
-        memo.controller = Controller.from_settings(OperatorSettings.from_env())
+        memo.controller = Controller.from_settings(OperatorSettings())
     return controller_of(memo)
 
 
@@ -128,7 +128,7 @@ async def cancel(namespace: str | None, name: str, body: kopf.Body, status: Any,
     its Jobs, Services and ConfigMaps are removed."""
     controller = controller_of(memo)
     key = (namespace or "", name)
-    if status.get("phase") not in TERMINAL:
+    if status.get("phase") not in TERMINAL_PHASES:
         kopf.event(
             body,
             type="Normal",

@@ -16,6 +16,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import kopf
+
 from kubetune_api.spec import API_GROUP, API_VERSION, KIND, FineTuneJob, FineTuneJobSpec
 from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, trainer_config_from_job
 from kubetune_operator.settings import OperatorSettings
@@ -37,6 +39,8 @@ RENDEZVOUS_PORT = 29500
 PVC_SCHEME = "pvc://"
 PVC_ROOT = "/mnt/pvc"
 MAX_NAME = 63
+# `kubetune-train` as a module, for `accelerate launch -m` (multi-GPU and multi-node).
+TRAINER_MODULE = "kubetune_trainer.cli.kubetune_train"
 
 
 @dataclass(frozen=True)
@@ -82,24 +86,18 @@ def labels(owner: Owner, component: str, attempt: int | None = None) -> dict[str
     return out
 
 
-def owner_reference(owner: Owner) -> JSON:
-    return {
+def metadata(owner: Owner, name: str, component: str, attempt: int | None = None) -> JSON:
+    """A child's metadata: labels, and kopf's controller owner reference to the FineTuneJob
+    (so the garbage collector deletes children with it)."""
+    meta: JSON = {"name": name, "namespace": owner.namespace, "labels": labels(owner, component, attempt)}
+    owner_body: Any = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
-        "name": owner.name,
-        "uid": owner.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
+        "metadata": {"name": owner.name, "namespace": owner.namespace, "uid": owner.uid},
     }
-
-
-def metadata(owner: Owner, name: str, component: str, attempt: int | None = None) -> JSON:
-    return {
-        "name": name,
-        "namespace": owner.namespace,
-        "labels": labels(owner, component, attempt),
-        "ownerReferences": [owner_reference(owner)],
-    }
+    child: JSON = {"metadata": meta}
+    kopf.append_owner_reference(child, owner=kopf.Body(owner_body))
+    return meta
 
 
 def pod_runtime(settings: OperatorSettings, attempt: int) -> RuntimeOptions:
@@ -235,7 +233,7 @@ def trainer_command(gpus: int, nodes: int, service: str | None) -> list[str]:
             "--main_process_ip=$(KUBETUNE_RENDEZVOUS_HOST)",
             f"--main_process_port={RENDEZVOUS_PORT}",
         ]
-    return [*launch, "-m", "kubetune_trainer.cli", "--config", config]
+    return [*launch, "-m", TRAINER_MODULE, "--config", config]
 
 
 def _resources(spec: FineTuneJobSpec) -> JSON:

@@ -1,87 +1,34 @@
-"""Pure status logic: metav1.Conditions, and what a pod's state means for the job.
+"""What a pod's state means for its FineTuneJob: the retry policy.
 
-`classify_pod` turns what the kubelet reports (container state, exit code, termination
-message, pod reason, scheduling condition) into an Outcome: a phase, a CamelCase reason,
-a message, and whether a retry can help. User errors are never retried.
+`observe_pod` pulls the facts out of a pod as the API returns it (container state, exit code,
+termination message, pod reason, scheduling condition); `classify_pod` turns them into an
+Outcome: success, or a failure with a CamelCase reason and whether a new attempt can help.
+Reasons, exit codes and retryability come from one table, `kubetune_api.protocol.FAILURES`,
+which the trainer's exceptions use too. User errors are never retried.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
+
+from kubetune_api.protocol import (
+    FAILURES,
+    SIGTERM_EXIT_CODE,
+    FailureInfo,
+    FailureReason,
+    PreflightReport,
+    RunSummary,
+    failure,
+    failure_for_exit_code,
+    parse_termination_message,
+)
 
 JSON = dict[str, Any]
 
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    VALIDATING = "Validating"
-    QUEUED = "Queued"
-    SUSPENDED = "Suspended"
-    INITIALIZING = "Initializing"
-    RUNNING = "Running"
-    EXPORTING = "Exporting"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    CANCELLED = "Cancelled"
-
-
-TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
-
-CONDITION_TYPES = (
-    "SpecValid",
-    "DataValidated",
-    "Admitted",
-    "Running",
-    "CheckpointSaved",
-    "Complete",
-    "Failed",
-    "Suspended",
-    "Unschedulable",
-)
-
-
-def set_condition(
-    conditions: list[JSON],
-    type_: str,
-    status: bool,
-    reason: str,
-    message: str,
-    observed_generation: int,
-    now: str,
-) -> list[JSON]:
-    """Return a new list with `type_` set. lastTransitionTime moves only when status flips."""
-    value = "True" if status else "False"
-    previous = next((c for c in conditions if c.get("type") == type_), None)
-    transition = previous["lastTransitionTime"] if previous and previous.get("status") == value else now
-    updated = {
-        "type": type_,
-        "status": value,
-        "reason": reason,
-        "message": message[:32768],
-        "observedGeneration": observed_generation,
-        "lastTransitionTime": transition,
-    }
-    others = [c for c in conditions if c.get("type") != type_]
-    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
-    return sorted([*others, updated], key=lambda c: order.get(str(c.get("type")), len(order)))
-
-
-def condition_is(conditions: list[JSON], type_: str) -> bool:
-    return any(c.get("type") == type_ and c.get("status") == "True" for c in conditions)
-
-
-# -- pod outcomes ----------------------------------------------------------------------------------
-
-USER_ERROR_CODES = range(10, 20)
-INFRA_ERROR_CODES = range(20, 30)
-SIGTERM_EXIT = 143
-SIGKILL_EXIT = 137
-
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
 CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+PREEMPTION_REASONS = frozenset({"PreemptionByScheduler", "EvictionByEvictionAPI"})
 
 
 @dataclass(frozen=True)
@@ -101,22 +48,18 @@ class PodObservation:
 
 @dataclass(frozen=True)
 class Outcome:
-    phase: Phase
+    """A pod's (or a Job's) result. `reason` is a FailureReason, or a newer trainer's own string."""
+
+    succeeded: bool
     reason: str
     message: str
     retryable: bool = False
     user_error: bool = False
-    summary: JSON = field(default_factory=dict)
+    report: RunSummary | PreflightReport | None = None  # the termination message, parsed
 
-
-def parse_termination_message(text: str | None) -> JSON:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    @classmethod
+    def failed(cls, info: FailureInfo, message: str, report: RunSummary | PreflightReport | None = None) -> Outcome:
+        return cls(False, info.reason, message, info.retryable, info.user_error, report)
 
 
 def observe_pod(pod: JSON) -> PodObservation:
@@ -148,47 +91,47 @@ def observe_pod(pod: JSON) -> PodObservation:
 def classify_pod(obs: PodObservation) -> Outcome | None:
     """What this pod means for the job; None while it is simply progressing (or unschedulable,
     which is a condition, not a failure: a GPU may free up)."""
-    summary = parse_termination_message(obs.termination_message)
-    message = str(summary.get("message") or obs.waiting_message or obs.termination_message or "")[:1024]
+    report = parse_termination_message(obs.termination_message)
+    summary = report if isinstance(report, RunSummary) else None
+    reported = summary.message if summary and summary.message else None
+    message = str(reported or obs.waiting_message or obs.termination_message or "")[:1024]
 
     if obs.waiting_reason in IMAGE_PULL_REASONS:
-        return Outcome(Phase.FAILED, "ImagePullBackOff", message or "cannot pull the trainer image", user_error=True)
+        return Outcome.failed(FAILURES[FailureReason.IMAGE_PULL_BACK_OFF], message or "cannot pull the trainer image")
     if obs.waiting_reason in CONFIG_REASONS:
-        return Outcome(Phase.FAILED, "InvalidSpec", message or obs.waiting_reason or "", user_error=True)
+        return Outcome.failed(FAILURES[FailureReason.INVALID_SPEC], message or obs.waiting_reason or "")
     if obs.pod_reason == "DeadlineExceeded":
-        return Outcome(Phase.FAILED, "DeadlineExceeded", "activeDeadlineSeconds reached", user_error=True)
+        return Outcome.failed(FAILURES[FailureReason.DEADLINE_EXCEEDED], "activeDeadlineSeconds reached")
     if obs.phase == "Succeeded" or (obs.exit_code == 0 and obs.terminated_reason == "Completed"):
-        return Outcome(Phase.SUCCEEDED, "Succeeded", "training finished", summary=summary)
+        return Outcome(True, "Succeeded", "training finished", report=report)
     if obs.phase != "Failed" and obs.exit_code is None:
         return None
 
-    if obs.pod_reason == "Evicted" or obs.disruption_reason in {"PreemptionByScheduler", "EvictionByEvictionAPI"}:
-        return Outcome(Phase.FAILED, "Preempted", message or "the pod was evicted", retryable=True, summary=summary)
+    if obs.pod_reason == "Evicted" or obs.disruption_reason in PREEMPTION_REASONS:
+        return Outcome.failed(FAILURES[FailureReason.PREEMPTED], message or "the pod was evicted", summary)
     if obs.terminated_reason == "OOMKilled":
         # Deterministic for a given spec: retrying would burn the same GPU hours again.
-        return Outcome(Phase.FAILED, "OOMKilled", "the trainer ran out of host memory; raise resources.memory")
-    code = obs.exit_code
-    reason = str(summary.get("reason") or "")
-    if code == SIGTERM_EXIT:
-        return Outcome(Phase.FAILED, reason or "Preempted", message or "stopped by SIGTERM", retryable=True)
-    if code is not None and code in USER_ERROR_CODES:
-        return Outcome(Phase.FAILED, reason or "InvalidSpec", message, user_error=True, summary=summary)
-    if code is not None and code in INFRA_ERROR_CODES:
-        retryable = reason != "GPUOOM"  # the same batch on the same GPU runs out of memory again
-        return Outcome(Phase.FAILED, reason or "InfrastructureError", message, retryable=retryable, summary=summary)
-    if code == SIGKILL_EXIT:
-        return Outcome(Phase.FAILED, "Killed", message or "the trainer was killed (SIGKILL)", retryable=True)
-    # Unknown crash: the trainer never got to classify it, so give it another attempt.
-    return Outcome(Phase.FAILED, "Crashed", message or f"exit code {code}", retryable=True)
+        info = FAILURES[FailureReason.OOM_KILLED]
+        return Outcome.failed(info, "the trainer ran out of host memory; raise resources.memory")
+    return _by_exit_code(obs.exit_code, summary, message)
 
 
-def eta_text(seconds: float | None) -> str | None:
-    """Human ETA for the printer column: 45s, 12m, 3h05m."""
-    if seconds is None:
-        return None
-    total = max(0, round(seconds))
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m"
-    return f"{total // 3600}h{(total % 3600) // 60:02d}m"
+def _by_exit_code(code: int | None, summary: RunSummary | None, message: str) -> Outcome:
+    """The trainer classified its own failure: its exit code (and the reason it reported) decide."""
+    by_code = failure_for_exit_code(code) if code is not None else None
+    if by_code is None:
+        # Unknown crash: the trainer never got to classify it, so give it another attempt.
+        return Outcome.failed(FAILURES[FailureReason.CRASHED], message or f"exit code {code}")
+    if by_code.reason is FailureReason.KILLED:
+        return Outcome.failed(by_code, message or "the trainer was killed (SIGKILL)")
+    reported = str(summary.reason) if summary and summary.reason else None
+    if code == SIGTERM_EXIT_CODE:
+        # Stopped after a checkpoint (eviction, drain, suspension): always worth resuming.
+        reason = reported or by_code.reason
+        return Outcome(False, reason, message or "stopped by SIGTERM", retryable=True, report=summary)
+    # The reason the trainer reported refines the exit code's (a newer trainer's reason is
+    # kept as it is, judged by its exit code's range).
+    info = failure(reported) if reported else None
+    chosen = info or by_code
+    reason = reported or by_code.reason
+    return Outcome(False, reason, message, chosen.retryable, chosen.user_error, summary)

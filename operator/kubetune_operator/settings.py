@@ -1,17 +1,19 @@
-"""Operator settings, from environment variables (the Helm chart sets them) with CLI overrides."""
+"""Operator settings: KUBETUNE_* environment variables (the Helm chart sets them), CLI flags on top.
+
+pydantic-settings reads the environment: `KUBETUNE_POLL_INTERVAL_SECONDS=5` sets
+`poll_interval_seconds`, and a bad value fails at start-up naming the variable's field.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "KUBETUNE_"
 
 
-class OperatorSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     namespace: str | None = Field(default=None, description="Watch one namespace; None watches all.")
     trainer_image: str = Field(default="ghcr.io/kubetune/trainer:0.1.0", description="Default trainer image.")
@@ -38,10 +40,3 @@ class OperatorSettings(BaseModel):
     @property
     def preflight_image_or_default(self) -> str:
         return self.preflight_image or self.trainer_image
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
-        """KUBETUNE_TRAINER_IMAGE=... sets trainer_image, and so on for every field."""
-        env = os.environ if environ is None else environ
-        values = {name: env[ENV_PREFIX + name.upper()] for name in cls.model_fields if ENV_PREFIX + name.upper() in env}
-        return cls.model_validate(values)

@@ -2,7 +2,8 @@
 
 The apiserver already enforces types, enums, bounds and the CEL rules of the generated CRD.
 This module re-validates against the same pydantic model (a cluster may serve an older
-CRD) and adds the rules that only make sense on a cluster. Pure: spec in, errors out.
+CRD) and adds the rules that only make sense on a cluster. Pure: spec in, errors out. Errors
+are worded by the shared formatter, so InvalidSpec reads as `kubetune validate` does.
 """
 
 from __future__ import annotations
@@ -11,20 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune_api.spec import FineTuneJobSpec, Precision
+from kubetune_api.spec import FineTuneJobSpec, precision_problem
+from kubetune_api.validation_messages import describe_errors
 
 CLUSTER_SCHEMES = ("s3://", "pvc://")
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    path = "spec"
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def schema_errors(exc: ValidationError) -> list[str]:
-    return [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
 
 
 def parse_spec(raw: dict[str, Any]) -> tuple[FineTuneJobSpec | None, list[str]]:
@@ -32,7 +23,7 @@ def parse_spec(raw: dict[str, Any]) -> tuple[FineTuneJobSpec | None, list[str]]:
     try:
         return FineTuneJobSpec.model_validate(raw, by_alias=True, by_name=False), []
     except ValidationError as exc:
-        return None, schema_errors(exc)
+        return None, describe_errors(exc, FineTuneJobSpec, root="spec")
 
 
 def uri_rules(raw: dict[str, Any]) -> list[str]:
@@ -68,8 +59,9 @@ def resource_rules(spec: FineTuneJobSpec) -> list[str]:
     resources = spec.resources
     if resources.nodes > 1 and resources.gpus < 1:
         errors.append(f"spec.resources.nodes: {resources.nodes} nodes need resources.gpus >= 1")
-    if resources.gpus == 0 and spec.training.precision == Precision.FP16:
-        errors.append("spec.training.precision: fp16 needs a GPU (resources.gpus is 0); use bf16, fp32 or auto")
+    problem = precision_problem(spec.training.precision, on_gpu=resources.gpus > 0)
+    if problem is not None:
+        errors.append(f"spec.{problem} (resources.gpus is 0)")
     return errors
 
 

@@ -8,10 +8,12 @@ pure: a dict from the API in, a frozen dataclass out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from kubetune_api.status import parse_rfc3339
 from kubetune_operator.manifests import LABEL_ATTEMPT, LABEL_COMPONENT, LABEL_JOB
-from kubetune_operator.status import PodObservation, observe_pod
+from kubetune_operator.pod_outcome import PodObservation, observe_pod
 
 JSON = dict[str, Any]
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -74,9 +76,9 @@ class PodView:
     index: int
     ip: str | None
     metrics_port: int | None
-    created: str
-    started_at: str | None
-    finished_at: str | None
+    created: str  # RFC 3339, which sorts as time does
+    started_at: datetime | None
+    finished_at: datetime | None
     observation: PodObservation
     deleting: bool
 
@@ -114,8 +116,26 @@ def pod_view(pod: JSON) -> PodView:
         ip=status.get("podIP"),
         metrics_port=_metrics_port(pod),
         created=meta.get("creationTimestamp") or "",
-        started_at=running.get("startedAt") or terminated.get("startedAt"),
-        finished_at=terminated.get("finishedAt"),
+        started_at=parse_rfc3339(running.get("startedAt") or terminated.get("startedAt")),
+        finished_at=parse_rfc3339(terminated.get("finishedAt")),
         observation=observe_pod(pod),
         deleting=bool(meta.get("deletionTimestamp")),
     )
+
+
+def latest_pod(pods: list[PodView]) -> PodView | None:
+    return max(pods, key=lambda p: p.created, default=None)
+
+
+def progress_url(attempt: int, pods: tuple[PodView, ...]) -> str | None:
+    """The attempt's rank-0 trainer /progress endpoint, while it runs."""
+    candidates = [
+        p
+        for p in pods
+        if p.component == "trainer" and p.attempt == attempt and p.index == 0 and p.running and p.ip and p.metrics_port
+    ]
+    pod = latest_pod(candidates)
+    if pod is None:
+        return None
+    host = f"[{pod.ip}]" if pod.ip and ":" in pod.ip else pod.ip
+    return f"http://{host}:{pod.metrics_port}/progress"

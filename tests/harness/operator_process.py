@@ -1,4 +1,4 @@
-"""The real operator as a process (`python -m kubetune_operator.main`), for e2e tests and the scale bench.
+"""The real operator as a process (`python -m kubetune_operator.cli.kubetune_operator`), for e2e and the bench.
 
 No pytest here: `bench/operator_scale.py` imports it too.
 """
@@ -81,7 +81,7 @@ class OperatorProcess:
             log.write(f"\n===== operator start #{self.starts} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubetune_operator.main", *self.args],
+                [sys.executable, "-m", "kubetune_operator.cli.kubetune_operator", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

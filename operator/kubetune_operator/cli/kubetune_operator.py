@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
-    """KUBETUNE_* environment first, then the flags that were given."""
+    """KUBETUNE_* environment first, then the flags that were given (init values win in pydantic-settings)."""
     changes: dict[str, Any] = {
         key: value
         for key, value in {
@@ -47,7 +47,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
     }
     if args.all_namespaces:
         changes["namespace"] = None
-    return OperatorSettings.model_validate({**OperatorSettings.from_env().model_dump(), **changes})
+    return OperatorSettings(**changes)
 
 
 async def serve_probes(metrics: OperatorMetrics, ready: asyncio.Event, port: int) -> web.AppRunner:

@@ -1,0 +1,371 @@
+"""The messages that cross the pod boundary between the trainer and the operator.
+
+Every message the trainer writes and the operator reads is a model here, and both sides go
+through these models: the trainer builds them, the operator parses them. No torch, no
+Kubernetes client.
+
+    message           producer (trainer)                 consumer (operator)
+    ProgressReport    GET /progress (progress server)    the job's loop, every poll
+    RunSummary        termination message of a run       pod outcome -> status / error
+    PreflightReport   termination message of preflight   status.preflight
+    FAILURES          exception classes (exit codes)     pod outcome -> retry or not
+
+Wire rules, so an operator can read a trainer one release older or newer:
+- camelCase on the wire; snake_case names are accepted too (the preflight report of the
+  release before this protocol was snake_case);
+- a `version` field (PROTOCOL_VERSION); a reader accepts any version, and
+- unknown fields are ignored, and unknown enum values (a reason or phase a newer trainer
+  added) are kept as plain strings rather than failing the whole message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
+from pydantic.alias_generators import to_camel
+
+PROTOCOL_VERSION = 1
+# The kubelet keeps at most 4096 bytes of a container's termination message.
+TERMINATION_MESSAGE_LIMIT_BYTES = 4096
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case accepted, unknown fields ignored (forward compatible)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="ignore",
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def to_wire_json(self) -> str:
+        return json.dumps(self.to_wire(), separators=(",", ":"))
+
+
+# -- trainer phases ------------------------------------------------------------------------------
+
+
+class TrainerPhase(StrEnum):
+    """What the trainer process is doing; the operator maps it to the FineTuneJob phase."""
+
+    INITIALIZING = "Initializing"
+    STAGING = "Staging"
+    PREPARING = "Preparing"
+    LOADING = "Loading"
+    EVALUATING = "Evaluating"
+    RUNNING = "Running"
+    CHECKPOINTING = "Checkpointing"
+    EXPORTING = "Exporting"
+    DONE = "Done"
+
+
+# -- failure reasons -----------------------------------------------------------------------------
+
+
+class FailureReason(StrEnum):
+    """CamelCase reasons of status.error.reason, Events and failure metrics."""
+
+    INVALID_SPEC = "InvalidSpec"
+    DATASET_INVALID = "DatasetInvalid"
+    MODEL_INVALID = "ModelInvalid"
+    NOT_FOUND = "NotFound"
+    S3_ACCESS_DENIED = "S3AccessDenied"
+    USER_ERROR = "UserError"
+    STORAGE_ERROR = "StorageError"
+    GPU_OOM = "GPUOOM"
+    EXPORT_FAILED = "ExportFailed"
+    INFRASTRUCTURE_ERROR = "InfrastructureError"
+    PREEMPTED = "Preempted"
+    OOM_KILLED = "OOMKilled"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    KILLED = "Killed"
+    CRASHED = "Crashed"
+    JOB_FAILED = "JobFailed"
+    PREFLIGHT_FAILED = "PreflightFailed"
+
+
+# A reason, phase or status this release does not know (a newer trainer's) stays a plain
+# string instead of failing the whole message: the enum when known, else the string.
+OpenFailureReason = Annotated[FailureReason | str, Field(union_mode="left_to_right")]
+OpenTrainerPhase = Annotated[TrainerPhase | str, Field(union_mode="left_to_right")]
+
+
+class ErrorKind(StrEnum):
+    USER = "user"  # the spec, data, credentials or URI must change
+    INFRASTRUCTURE = "infrastructure"  # may pass on its own: storage, nodes, preemption
+
+
+@dataclass(frozen=True)
+class FailureInfo:
+    """One row of the failure table."""
+
+    reason: FailureReason
+    exit_code: int | None  # the trainer's exit code; None when only the operator observes it
+    kind: ErrorKind
+    retryable: bool  # whether a new attempt (resuming from a checkpoint) can help
+    advice: str
+
+    @property
+    def user_error(self) -> bool:
+        return self.kind is ErrorKind.USER
+
+
+USER, INFRA = ErrorKind.USER, ErrorKind.INFRASTRUCTURE
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM: the code Kubernetes expects from a stopped container
+SIGKILL_EXIT_CODE = 137
+USER_EXIT_CODES = range(10, 20)
+INFRASTRUCTURE_EXIT_CODES = range(20, 30)
+
+R = FailureReason
+_TABLE = [  # reason, trainer exit code, kind, retried, advice
+    FailureInfo(R.USER_ERROR, 10, USER, False, "Fix the FineTuneJob or its inputs; a retry cannot help."),
+    FailureInfo(R.INVALID_SPEC, 11, USER, False, "Fix the field named in the message and apply the job again."),
+    FailureInfo(R.DATASET_INVALID, 12, USER, False, "Fix the rows named (file and line) and upload the dataset again."),
+    FailureInfo(
+        R.MODEL_INVALID, 13, USER, False, "Point baseModel.uri at a Hugging Face model folder with a fast tokenizer."
+    ),
+    FailureInfo(R.NOT_FOUND, 14, USER, False, "Check the URI named in the message: the bucket or key does not exist."),
+    FailureInfo(
+        R.S3_ACCESS_DENIED, 15, USER, False, "Grant the trainer's credentials access to the URI named, or fix them."
+    ),
+    FailureInfo(
+        R.INFRASTRUCTURE_ERROR, 20, INFRA, True, "Retried automatically; check the trainer's log if it repeats."
+    ),
+    FailureInfo(
+        R.STORAGE_ERROR, 21, INFRA, True, "Retried automatically; check the S3 endpoint's health if it repeats."
+    ),
+    FailureInfo(
+        R.GPU_OOM, 22, INFRA, False, "Lower training.batchSize or maxSeqLength, or enable gradientCheckpointing."
+    ),
+    FailureInfo(
+        R.EXPORT_FAILED, 23, INFRA, True, "Retried automatically; training is not repeated (a final checkpoint exists)."
+    ),
+    FailureInfo(
+        R.PREEMPTED, SIGTERM_EXIT_CODE, INFRA, True, "Retried automatically from the checkpoint saved on SIGTERM."
+    ),
+    FailureInfo(R.KILLED, SIGKILL_EXIT_CODE, INFRA, True, "Retried automatically from the latest checkpoint."),
+    FailureInfo(
+        R.CRASHED, None, INFRA, True, "Retried automatically; the trainer exited without classifying the error."
+    ),
+    FailureInfo(R.OOM_KILLED, None, INFRA, False, "Raise resources.memory: the trainer ran out of host memory."),
+    FailureInfo(
+        R.IMAGE_PULL_BACK_OFF, None, USER, False, "Fix spec.image or the operator's trainer image, or the pull secret."
+    ),
+    FailureInfo(R.DEADLINE_EXCEEDED, None, USER, False, "Raise activeDeadlineSeconds, or train fewer steps."),
+    FailureInfo(
+        R.BACKOFF_LIMIT_EXCEEDED, None, INFRA, False, "Every attempt failed; the message names the last reason."
+    ),
+    FailureInfo(R.JOB_FAILED, None, INFRA, True, "The Job failed without a pod outcome; retried automatically."),
+    FailureInfo(R.PREFLIGHT_FAILED, None, USER, False, "The preflight Job failed; its pod log says why."),
+]
+FAILURES: dict[FailureReason, FailureInfo] = {info.reason: info for info in _TABLE}
+
+
+def failure(reason: FailureReason | str) -> FailureInfo | None:
+    """The table row of a reason; None for a reason this release does not know."""
+    try:
+        return FAILURES[FailureReason(reason)]
+    except ValueError:
+        return None
+
+
+def failure_for_exit_code(code: int) -> FailureInfo | None:
+    """The trainer failure an exit code stands for; a code a newer trainer added is judged by its range."""
+    for info in FAILURES.values():
+        if info.exit_code == code:
+            return info
+    if code in USER_EXIT_CODES:
+        return FAILURES[FailureReason.USER_ERROR]
+    if code in INFRASTRUCTURE_EXIT_CODES:
+        return FAILURES[FailureReason.INFRASTRUCTURE_ERROR]
+    return None
+
+
+# -- the data check and the step plan (preflight report, manifest) -------------------------------
+
+
+class DataStats(WireModel):
+    """What preparing the dataset found: rows, tokens, truncation, packing."""
+
+    format: str = Field(description="The dataset format used (chat, instruction, completion, text).")
+    train_rows: int = Field(description="Training rows kept (rows with at least one trainable token).")
+    validation_rows: int = Field(description="Validation rows kept.")
+    train_tokens: int = Field(description="Tokens in the kept training rows.")
+    trainable_tokens: int = Field(description="Tokens that carry a label (completions / assistant turns).")
+    validation_tokens: int = Field(description="Tokens in the kept validation rows.")
+    truncated_rows: int = Field(description="Rows cut at maxSeqLength (train and validation).")
+    dropped_rows: int = Field(description="Rows left with no trainable token after truncation.")
+    max_row_tokens: int = Field(description="Tokens in the longest training row.")
+    mean_row_tokens: float = Field(description="Mean tokens per training row.")
+    train_sequences: int = Field(description="Training sequences after packing.")
+    packing_efficiency: float = Field(description="Share of sequence capacity holding real tokens, 0..1.")
+
+
+class StepPlan(WireModel):
+    """How many optimizer steps the run takes, and with which batch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    epochs: int = Field(description="Passes over the training rows.")
+    batch_size: int = Field(description="Sequences per device per micro-step.")
+    gradient_accumulation_steps: int = Field(description="Micro-steps per optimizer step.")
+    steps_per_epoch: int = Field(description="Optimizer steps per epoch.")
+    total_steps: int = Field(description="Optimizer steps in the whole run.")
+    warmup_steps: int = Field(description="Steps of learning-rate warmup.")
+
+
+class MemoryEstimate(WireModel):
+    """Peak GPU memory of one training rank, in bytes (an estimate: expect ±30 %)."""
+
+    model_parameters: int
+    lora_parameters: int
+    weights_bytes: int
+    lora_training_bytes: int
+    activation_bytes: int
+    logits_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+
+
+class PreflightReport(WireModel):
+    """The preflight Job's termination message (and `kubetune validate --json`)."""
+
+    version: int = PROTOCOL_VERSION
+    status: Literal["Validated"] = "Validated"
+    job: str
+    data: DataStats
+    plan: StepPlan
+    memory: MemoryEstimate | None = Field(default=None, description="Only when planning for a GPU.")
+
+
+# -- the run summary (termination message) -------------------------------------------------------
+
+
+class EvalResult(WireModel):
+    """One evaluation of the model on the validation rows."""
+
+    loss: float | None = Field(default=None, description="Mean loss per trainable token.")
+    perplexity: float | None = None
+    tokens: int | None = Field(default=None, description="Trainable tokens evaluated.")
+    exact_match: float | None = Field(default=None, description="Share of generated answers equal to the reference.")
+    samples: int | None = Field(default=None, description="Rows generated for exact match.")
+
+
+class Evaluations(WireModel):
+    baseline: EvalResult | None = Field(default=None, description="The base model, before training.")
+    finetuned: EvalResult | None = Field(default=None, description="The model with the trained adapter.")
+
+
+class RunStatus(StrEnum):
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    PREEMPTED = "Preempted"
+
+
+OpenRunStatus = Annotated[RunStatus | str, Field(union_mode="left_to_right")]
+
+
+class RunSummary(WireModel):
+    """How a trainer run (or a failed preflight) ended: the termination message, also printed on stdout."""
+
+    version: int = PROTOCOL_VERSION
+    status: OpenRunStatus
+    job: str
+    reason: OpenFailureReason | None = None
+    message: str | None = None
+    exit_code: int = 0
+    user_error: bool | None = None
+    step: int = 0
+    total_steps: int = 0
+    trained_tokens: int = 0
+    train_loss: float | None = None
+    eval: Evaluations | None = None
+    adapter_uri: str | None = None
+    manifest_uri: str | None = None
+    duration_seconds: float = 0.0
+    already_complete: bool = False
+
+    def to_termination_message(self, limit: int = TERMINATION_MESSAGE_LIMIT_BYTES) -> str:
+        """Compact JSON of at most `limit` bytes that is still valid JSON.
+
+        The message is shortened first, then optional detail (eval, URIs) is dropped.
+        """
+        raw = {key: value for key, value in self.to_wire().items() if value not in ({}, [])}
+
+        def size(obj: dict[str, Any]) -> int:
+            return len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
+
+        if size(raw) > limit and self.message:
+            excess = size(raw) - limit
+            keep = max(0, len(self.message.encode()) - excess - 16)
+            raw["message"] = self.message.encode()[:keep].decode(errors="ignore") + "…"
+        for optional in ("eval", "adapterUri", "manifestUri", "message"):
+            if size(raw) <= limit:
+                break
+            raw.pop(optional, None)
+        return json.dumps(raw, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_termination_message(text: str | None) -> RunSummary | PreflightReport | None:
+    """A pod's termination message as the message it is; None when it is not one of ours
+    (e.g. a log tail from `FallbackToLogsOnError`)."""
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        if raw.get("status") == "Validated":
+            return PreflightReport.model_validate(raw)
+        return RunSummary.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+# -- live progress (GET /progress) ----------------------------------------------------------------
+
+
+class CheckpointRecord(WireModel):
+    step: int = Field(description="Optimizer step of the checkpoint.")
+    uri: str = Field(description="Where it is stored.")
+    time: float = Field(description="When it was completed (unix seconds).")
+
+
+class ProgressReport(WireModel):
+    """The trainer's state right now, served as JSON at /progress (same port as /metrics)."""
+
+    version: int = PROTOCOL_VERSION
+    phase: OpenTrainerPhase = TrainerPhase.INITIALIZING
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    baseline_eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    trained_tokens: int = 0
+    eta_seconds: float | None = None
+    checkpoints: list[CheckpointRecord] = Field(default_factory=list)
+    last_update_time: float = Field(default_factory=time.time, description="Unix seconds of the last update.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def progress_ratio(self) -> float:
+        """Fraction of planned steps done, 0..1."""
+        return round(min(1.0, self.step / self.total_steps), 4) if self.total_steps else 0.0

@@ -1,0 +1,1 @@
+"""Entry points: one module per command, named after it. Nothing else imports from here."""

@@ -1,0 +1,142 @@
+"""The trainer's reports, copied into the FineTuneJob status. Pure: report in, status fields out.
+
+PreflightReport (preflight termination message) -> status.preflight
+ProgressReport  (GET /progress, every poll)      -> status.progress, .metrics, .checkpoints
+RunSummary      (trainer termination message)    -> status.artifacts, .metrics, .progress
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from kubetune_api.protocol import CheckpointRecord, PreflightReport, ProgressReport, RunSummary, TrainerPhase
+from kubetune_api.spec import FineTuneJobSpec
+from kubetune_api.status import (
+    ArtifactsStatus,
+    CheckpointStatus,
+    FineTuneJobStatus,
+    MemoryFit,
+    MetricsStatus,
+    Phase,
+    PreflightStatus,
+    ProgressStatus,
+)
+
+GIB = 2**30
+
+# What the trainer is doing -> the FineTuneJob phase. Evaluating is both the baseline (before
+# training: Initializing) and the final eval (Running); see job_phase().
+_PHASE_OF = {
+    TrainerPhase.INITIALIZING: Phase.INITIALIZING,
+    TrainerPhase.STAGING: Phase.INITIALIZING,
+    TrainerPhase.PREPARING: Phase.INITIALIZING,
+    TrainerPhase.LOADING: Phase.INITIALIZING,
+    TrainerPhase.RUNNING: Phase.RUNNING,
+    TrainerPhase.CHECKPOINTING: Phase.RUNNING,
+    TrainerPhase.EXPORTING: Phase.EXPORTING,
+    TrainerPhase.DONE: Phase.EXPORTING,
+}
+
+
+def job_phase(progress: ProgressReport) -> Phase:
+    """The FineTuneJob phase a trainer report stands for (a newer trainer's unknown phase: Running)."""
+    if progress.phase == TrainerPhase.EVALUATING:
+        return Phase.RUNNING if progress.step > 0 else Phase.INITIALIZING
+    phase = progress.phase
+    return _PHASE_OF[phase] if isinstance(phase, TrainerPhase) and phase in _PHASE_OF else Phase.RUNNING
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def eta_text(seconds: float | None) -> str | None:
+    """Human ETA for the printer column: 45s, 12m, 3h05m."""
+    if seconds is None:
+        return None
+    total = max(0, round(seconds))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m"
+    return f"{total // 3600}h{(total % 3600) // 60:02d}m"
+
+
+def preflight_status(report: PreflightReport, spec: FineTuneJobSpec, gpu_memory_gib: float) -> PreflightStatus:
+    """The preflight Job's report, as status.preflight."""
+    data, plan = report.data, report.plan
+    out = PreflightStatus(
+        format=data.format,
+        train_rows=data.train_rows,
+        validation_rows=data.validation_rows,
+        train_tokens=data.train_tokens,
+        trainable_tokens=data.trainable_tokens,
+        truncated_rows=data.truncated_rows,
+        dropped_rows=data.dropped_rows,
+        packing_efficiency=_round(data.packing_efficiency, 3),
+        epochs=plan.epochs,
+        batch_size=plan.batch_size,
+        estimated_steps=plan.total_steps,
+    )
+    if report.memory is not None and spec.resources.gpus > 0:
+        per_gpu = report.memory.total_bytes
+        out.estimated_gpu_memory_bytes = per_gpu
+        out.memory_fit = MemoryFit.FITS if per_gpu <= gpu_memory_gib * GIB else MemoryFit.MAY_NOT_FIT
+    return out
+
+
+def apply_progress(status: FineTuneJobStatus, progress: ProgressReport, max_checkpoints: int) -> None:
+    """Copy the trainer's /progress into status.progress, status.metrics and status.checkpoints."""
+    eta = progress.eta_seconds
+    status.progress = ProgressStatus(
+        percent=f"{progress.progress_ratio * 100:.0f}%",
+        step=progress.step,
+        total_steps=progress.total_steps,
+        epoch=_round(progress.epoch, 3),
+        eta_seconds=None if eta is None else round(eta),
+        eta=eta_text(eta),
+        tokens_per_second=_round(progress.tokens_per_second, 1),
+        last_update_time=datetime.fromtimestamp(progress.last_update_time, UTC) if progress.last_update_time else None,
+    )
+    metrics = (status.metrics or MetricsStatus()).model_copy()
+    for name, digits in (("train_loss", 4), ("eval_loss", 4), ("baseline_eval_loss", 4), ("learning_rate", 6)):
+        value = _round(getattr(progress, name), digits)
+        if value is not None:
+            setattr(metrics, name, value)
+    status.metrics = metrics
+    status.trained_tokens = progress.trained_tokens
+    status.checkpoints = merge_checkpoints(status.checkpoints, progress.checkpoints)[-max_checkpoints:]
+
+
+def merge_checkpoints(known: list[CheckpointStatus], reported: list[CheckpointRecord]) -> list[CheckpointStatus]:
+    """Union by step, oldest first (a retry's trainer reports only its own checkpoints)."""
+    by_step = {c.step: c for c in known}
+    for checkpoint in reported:
+        by_step[checkpoint.step] = CheckpointStatus(
+            step=checkpoint.step, uri=checkpoint.uri, time=datetime.fromtimestamp(checkpoint.time, UTC)
+        )
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def apply_summary(status: FineTuneJobStatus, summary: RunSummary | None, spec: FineTuneJobSpec) -> None:
+    """A successful run's summary: artifacts, final losses, 100 %. None: the pod left no summary."""
+    status.artifacts = ArtifactsStatus(
+        output_uri=spec.output.uri,
+        adapter_uri=summary.adapter_uri if summary else None,
+        manifest_uri=summary.manifest_uri if summary else None,
+    )
+    metrics = (status.metrics or MetricsStatus()).model_copy()
+    progress = (status.progress or ProgressStatus()).model_copy()
+    progress.percent, progress.eta_seconds, progress.eta = "100%", 0, "0s"
+    if summary is not None:
+        evals = summary.eval
+        if evals is not None and evals.finetuned is not None and evals.finetuned.loss is not None:
+            metrics.eval_loss = _round(evals.finetuned.loss)
+        if evals is not None and evals.baseline is not None and evals.baseline.loss is not None:
+            metrics.baseline_eval_loss = _round(evals.baseline.loss)
+        if summary.train_loss is not None:
+            metrics.train_loss = _round(summary.train_loss)
+        progress.step, progress.total_steps = summary.step, summary.total_steps
+        status.trained_tokens = summary.trained_tokens
+    status.metrics = metrics
+    status.progress = progress
