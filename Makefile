@@ -12,8 +12,9 @@ PYTHON312 ?= $(shell for p in $$(command -v python3.12) $$HOME/.pyenv/versions/3
 	"$$p" -c '' 2>/dev/null && { echo "$$p"; break; }; done)
 HELM_VENV ?= .venv-helm
 CHART_CRD := charts/kubetune/files/crds/kubetune.io_finetunejobs.yaml
+GENERATED_DOCS := docs/operator.md docs/trainer.md
 
-.PHONY: quickstart test system-deps lint typecheck crds crd-check unit pytest bench clean helm-venv
+.PHONY: quickstart test system-deps lint typecheck imports crds crd-check docs unit pytest bench clean helm-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +35,9 @@ examples/quickstart/model/config.json: $(VENV)/.train-installed examples/quickst
 quickstart: examples/quickstart/model/config.json
 	$(BIN)/kubetune run examples/quickstart/finetunejob.yaml --overwrite
 
-## test: lint, type-check, CRD drift check and the whole pytest suite (slow tests included, the Helm chart's too)
-test: system-deps $(VENV)/.dev-installed $(HELM_VENV)/.installed lint typecheck crd-check pytest
+## test: lint, type-check, import-layer contracts, CRD and docs drift checks, and the whole pytest suite
+## (slow tests included, the Helm chart's too)
+test: system-deps $(VENV)/.dev-installed $(HELM_VENV)/.installed lint typecheck imports crd-check pytest
 
 ## system-deps: Debian packages the tests use (kubectl), installed when missing and we are root
 system-deps:
@@ -49,12 +51,21 @@ typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator
 	$(BIN)/mypy bench/train_throughput.py bench/operator_scale.py
 
+## imports: import-linter contracts (pyproject.toml [tool.importlinter]): layers, independence, no cycles
+imports: $(VENV)/.dev-installed
+	$(BIN)/lint-imports --no-cache
+
+## docs: regenerate the reference tables in docs/ from the models (status fields, failure table, messages)
+docs: $(BIN)/python
+	PYTHONPATH=api $(BIN)/python -m kubetune_api.docs $(GENERATED_DOCS)
+
 ## crds: regenerate the CRD, and the Helm chart's copy of it
 crds: $(BIN)/python
 	PYTHONPATH=api $(BIN)/python -m kubetune_api.crd -o crds/kubetune.io_finetunejobs.yaml -o $(CHART_CRD)
 
 crd-check: $(VENV)/.dev-installed
 	PYTHONPATH=api $(BIN)/python -m kubetune_api.crd --check crds/kubetune.io_finetunejobs.yaml $(CHART_CRD)
+	PYTHONPATH=api $(BIN)/python -m kubetune_api.docs --check $(GENERATED_DOCS)
 	$(BIN)/python charts/kubetune/generate_readme.py --check
 
 ## helm-venv: real Helm for tests/chart (helm-sdkpy, Python 3.12)

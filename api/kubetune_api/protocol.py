@@ -242,12 +242,12 @@ class MemoryEstimate(WireModel):
 class PreflightReport(WireModel):
     """The preflight Job's termination message (and `kubetune validate --json`)."""
 
-    version: int = PROTOCOL_VERSION
-    status: Literal["Validated"] = "Validated"
-    job: str
-    data: DataStats
-    plan: StepPlan
-    memory: MemoryEstimate | None = Field(default=None, description="Only when planning for a GPU.")
+    version: int = Field(default=PROTOCOL_VERSION, description="Wire version of this message.")
+    status: Literal["Validated"] = Field(default="Validated", description="Always Validated (failures are RunSummary).")
+    job: str = Field(description="The FineTuneJob's name.")
+    data: DataStats = Field(description="What preparing the dataset found.")
+    plan: StepPlan = Field(description="The optimizer steps planned for the training hardware.")
+    memory: MemoryEstimate | None = Field(default=None, description="GPU memory estimate (when planning for a GPU).")
 
 
 # -- the run summary (termination message) -------------------------------------------------------
@@ -280,22 +280,22 @@ OpenRunStatus = Annotated[RunStatus | str, Field(union_mode="left_to_right")]
 class RunSummary(WireModel):
     """How a trainer run (or a failed preflight) ended: the termination message, also printed on stdout."""
 
-    version: int = PROTOCOL_VERSION
-    status: OpenRunStatus
-    job: str
-    reason: OpenFailureReason | None = None
-    message: str | None = None
-    exit_code: int = 0
-    user_error: bool | None = None
-    step: int = 0
-    total_steps: int = 0
-    trained_tokens: int = 0
-    train_loss: float | None = None
-    eval: Evaluations | None = None
-    adapter_uri: str | None = None
-    manifest_uri: str | None = None
-    duration_seconds: float = 0.0
-    already_complete: bool = False
+    version: int = Field(default=PROTOCOL_VERSION, description="Wire version of this message.")
+    status: OpenRunStatus = Field(description="Succeeded, Failed or Preempted (SIGTERM, checkpoint saved).")
+    job: str = Field(description="The FineTuneJob's name.")
+    reason: OpenFailureReason | None = Field(default=None, description="Why it failed (a FailureReason).")
+    message: str | None = Field(default=None, description="What went wrong, naming the field, file or URI.")
+    exit_code: int = Field(default=0, description="The process exit code (see the failure table).")
+    user_error: bool | None = Field(default=None, description="True when the user must change something.")
+    step: int = Field(default=0, description="Optimizer steps done.")
+    total_steps: int = Field(default=0, description="Optimizer steps planned.")
+    trained_tokens: int = Field(default=0, description="Tokens trained on (non-padding).")
+    train_loss: float | None = Field(default=None, description="The last training loss.")
+    eval: Evaluations | None = Field(default=None, description="Base and fine-tuned evaluations.")
+    adapter_uri: str | None = Field(default=None, description="The published adapter.")
+    manifest_uri: str | None = Field(default=None, description="The provenance manifest.json.")
+    duration_seconds: float = Field(default=0.0, description="Wall time of the run.")
+    already_complete: bool = Field(default=False, description="The output held a finished run; nothing retrained.")
 
     def to_termination_message(self, limit: int = TERMINATION_MESSAGE_LIMIT_BYTES) -> str:
         """Compact JSON of at most `limit` bytes that is still valid JSON.
@@ -349,19 +349,19 @@ class CheckpointRecord(WireModel):
 class ProgressReport(WireModel):
     """The trainer's state right now, served as JSON at /progress (same port as /metrics)."""
 
-    version: int = PROTOCOL_VERSION
-    phase: OpenTrainerPhase = TrainerPhase.INITIALIZING
-    step: int = 0
-    total_steps: int = 0
-    epoch: float = 0.0
-    train_loss: float | None = None
-    eval_loss: float | None = None
-    baseline_eval_loss: float | None = None
-    learning_rate: float | None = None
-    tokens_per_second: float | None = None
-    trained_tokens: int = 0
-    eta_seconds: float | None = None
-    checkpoints: list[CheckpointRecord] = Field(default_factory=list)
+    version: int = Field(default=PROTOCOL_VERSION, description="Wire version of this message.")
+    phase: OpenTrainerPhase = Field(default=TrainerPhase.INITIALIZING, description="What the trainer is doing.")
+    step: int = Field(default=0, description="Optimizer steps done.")
+    total_steps: int = Field(default=0, description="Optimizer steps planned.")
+    epoch: float = Field(default=0.0, description="Fractional epoch.")
+    train_loss: float | None = Field(default=None, description="Latest training loss (per trainable token).")
+    eval_loss: float | None = Field(default=None, description="Evaluation loss of the fine-tuned model.")
+    baseline_eval_loss: float | None = Field(default=None, description="Evaluation loss of the base model.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(default=None, description="Throughput over recent steps.")
+    trained_tokens: int = Field(default=0, description="Tokens trained on so far (non-padding).")
+    eta_seconds: float | None = Field(default=None, description="Estimated seconds until training ends.")
+    checkpoints: list[CheckpointRecord] = Field(default_factory=list, description="Checkpoints of this run.")
     last_update_time: float = Field(default_factory=time.time, description="Unix seconds of the last update.")
 
     @computed_field  # type: ignore[prop-decorator]

@@ -40,6 +40,13 @@ def spec_schema(root_schema: JSON) -> JSON:
     return schema
 
 
+@pytest.fixture(scope="module", params=["spec", "status"])
+def typed_schema(request: pytest.FixtureRequest, root_schema: JSON) -> tuple[str, JSON]:
+    """spec and status: both generated from pydantic models, both held to the structural rules."""
+    name: str = request.param
+    return name, root_schema["properties"][name]
+
+
 def nodes(schema: Any, path: str = "spec") -> Iterator[tuple[str, JSON]]:
     """Every schema node under `schema` (itself included), with a readable path."""
     if not isinstance(schema, dict):
@@ -141,25 +148,28 @@ def test_spec_schema_shape(spec_schema: JSON) -> None:
         assert "_" not in path.rsplit(".", 1)[-1], f"{path} is not camelCase"
 
 
-def test_every_property_has_type_and_description(spec_schema: JSON) -> None:
+def test_every_property_has_type_and_description(typed_schema: tuple[str, JSON]) -> None:
     """Structural: each field has a type (or is int-or-string); each has `kubectl explain` text."""
-    for path, prop in properties(spec_schema):
+    name, schema = typed_schema
+    for path, prop in properties(schema, name):
         assert "type" in prop or prop.get("x-kubernetes-int-or-string") is True, f"{path} has no type"
         assert isinstance(prop.get("description"), str) and prop["description"].strip(), f"{path} has no description"
 
 
-def test_array_items_and_maps_are_typed(spec_schema: JSON) -> None:
+def test_array_items_and_maps_are_typed(typed_schema: tuple[str, JSON]) -> None:
     """Array items and map values carry a type too (the apiserver requires it)."""
-    for path, node in nodes(spec_schema):
+    name, schema = typed_schema
+    for path, node in nodes(schema, name):
         if node.get("type") == "array":
             assert "type" in node["items"], f"{path}[] has no type"
         if isinstance(node.get("additionalProperties"), dict):
             assert "type" in node["additionalProperties"], f"{path}{{}} has no type"
 
 
-def test_no_json_schema_only_constructs(spec_schema: JSON) -> None:
+def test_no_json_schema_only_constructs(typed_schema: tuple[str, JSON]) -> None:
     """No $ref, $defs, const, title, null types or defaults of null: OpenAPI v3.0 structural only."""
-    for path, node in nodes(spec_schema):
+    name, schema = typed_schema
+    for path, node in nodes(schema, name):
         for key in ("$ref", "$defs", "const", "title", "oneOf", "allOf", "not", "nullable"):
             assert key not in node, f"{path} has {key}"
         assert node.get("type") != "null", f"{path} has a null type"
@@ -217,3 +227,64 @@ def test_enums_and_bounds_carried_over(spec_schema: JSON) -> None:
     assert tolerations["type"] == "array"
     assert tolerations["items"]["type"] == "object"
     assert props["resources"]["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string"}
+
+
+# -- status ----------------------------------------------------------------------------------------
+
+
+def test_status_documents_what_kubectl_explain_should_show(root_schema: JSON) -> None:
+    """`kubectl explain finetunejob.status --recursive` lists these, each typed and described."""
+    status = root_schema["properties"]["status"]
+    expected = {
+        "phase",
+        "message",
+        "observedGeneration",
+        "conditions",
+        "acceptedSpec",
+        "preflight",
+        "progress",
+        "metrics",
+        "checkpoints",
+        "artifacts",
+        "error",
+        "attempts",
+        "lastFailure",
+        "startTime",
+        "completionTime",
+        "trainedTokens",
+        "gpuSeconds",
+    }
+    assert set(status["properties"]) == expected
+    assert "x-kubernetes-preserve-unknown-fields" not in status
+    assert status["properties"]["phase"]["enum"][0] == "Pending"
+    condition = status["properties"]["conditions"]["items"]
+    assert set(condition["required"]) == {"type", "status", "reason", "lastTransitionTime"}
+    assert condition["properties"]["lastTransitionTime"]["format"] == "date-time"
+    for path, prop in properties(status, "status"):
+        assert "_" not in path.rsplit(".", 1)[-1], f"{path} is not camelCase"
+        assert "default" not in prop or path.startswith("status.acceptedSpec"), f"{path}: status has no defaults"
+
+
+def test_accepted_spec_has_the_spec_schema(root_schema: JSON) -> None:
+    """status.acceptedSpec is the spec as it was accepted: the same schema, CEL rules included."""
+    spec = root_schema["properties"]["spec"]
+    accepted = root_schema["properties"]["status"]["properties"]["acceptedSpec"]
+    assert {k: v for k, v in accepted.items() if k != "description"} == {
+        k: v for k, v in spec.items() if k != "description"
+    }
+    assert "frozen at admission" in accepted["description"]
+
+
+def test_printer_columns_point_at_status_fields(crd: JSON, root_schema: JSON) -> None:
+    """Every .status column names a field the status schema declares (a rename would blank a column)."""
+    [version] = crd["spec"]["versions"]
+    for column in version["additionalPrinterColumns"]:
+        path = column["jsonPath"].lstrip(".").split(".")
+        if path[0] != "status":
+            continue
+        node = root_schema["properties"]["status"]
+        for part in path[1:]:
+            assert part in node.get("properties", {}), f"{column['name']}: {column['jsonPath']} is not in the schema"
+            node = node["properties"][part]
+        expected = {"string": {"string"}, "number": {"number", "integer"}, "integer": {"integer"}}[column["type"]]
+        assert node["type"] in expected, column
