@@ -80,7 +80,7 @@ COPY api ./api
 COPY operator ./operator
 COPY trainer ./trainer
 RUN pip install --no-deps --force-reinstall . \
- && python -c "import kubetune_trainer.cli, kubetune_api.spec"
+ && python -c "import kubetune_trainer.cli.kubetune_train, kubetune_api.spec"
 
 FROM ${CUDA_IMAGE} AS trainer
 ARG DEBIAN_FRONTEND=noninteractive
@@ -106,6 +106,6 @@ USER 65532:65532
 # /metrics and /progress (KUBETUNE_METRICS_PORT, 9090); 29500 is the multi-node rendezvous.
 EXPOSE 9090 29500
 # The operator's Jobs run `kubetune-train --config /etc/kubetune/trainer.json` (or `accelerate
-# launch ... -m kubetune_trainer.cli`); CMD is the same single-process command.
+# launch ... -m kubetune_trainer.cli.kubetune_train`); CMD is the same single-process command.
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["kubetune-train", "--config", "/etc/kubetune/trainer.json"]

@@ -13,7 +13,7 @@ one with the same number of *rows* per optimizer step (isolates packing against 
 with the Trainer's default `per_device_train_batch_size=8` (the same `batchSize: 8` knob a user
 sets in kubetune, which packs ~10 rows into each of its 8 sequences):
 
-    kubetune  `pipeline.run_training` with a TrainerConfig built here: packing on, exact match off,
+    kubetune  `recipe.run_training` with a TrainerConfig built here: packing on, exact match off,
               no intermediate checkpoints. Loop time runs from the start of the first optimizer
               step to the end of the last one (from the `on_step` callback; the final checkpoint
               save after the loop is left out, like the baseline's save_strategy="no").
@@ -61,8 +61,8 @@ from kubetune_trainer.checkpoint import TrainState  # noqa: E402
 from kubetune_trainer.encode import IGNORE_INDEX, Encoder  # noqa: E402
 from kubetune_trainer.evaluate import eval_loss  # noqa: E402
 from kubetune_trainer.packing import TrainSequence, batch_order  # noqa: E402
-from kubetune_trainer.pipeline import run_training  # noqa: E402
-from kubetune_trainer.prepare import PreparedData, plan, prepare  # noqa: E402
+from kubetune_trainer.prepare import PreparedData, plan_steps, prepare  # noqa: E402
+from kubetune_trainer.recipe import run_training  # noqa: E402
 
 # Peak dense bf16 tensor-core FLOP/s (no sparsity), by substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -275,14 +275,14 @@ def prepare_shared(setup: Setup, model_dir: Path, data_path: Path) -> SharedData
         encoder = Encoder(tokenizer, setup.seq_len, completion_only_loss=True)
         results[packing] = prepare(dataset, _training_spec(setup, packing), encoder, data_path, None)
     packed = results[True]
-    the_plan = plan(_training_spec(setup, True), packed.stats, device_type(setup))
+    steps = plan_steps(_training_spec(setup, True), packed.stats, device_type(setup))
     return SharedData(
         train=results[False].train,
         validation=packed.validation,
         pad_id=int(tokenizer.pad_token_id),
         tokenizer=tokenizer,
-        rows_per_step=math.ceil(packed.stats.train_rows / the_plan.steps_per_epoch),
-        steps_per_epoch=the_plan.steps_per_epoch,
+        rows_per_step=math.ceil(packed.stats.train_rows / steps.steps_per_epoch),
+        steps_per_epoch=steps.steps_per_epoch,
         packed_lengths=[len(s) for s in packed.train],
     )
 
@@ -341,7 +341,7 @@ def run_kubetune(setup: Setup, model_dir: Path, data_path: Path, work: Path, sha
 
     summary = run_training(config, on_step=on_step, on_event=lambda message: None)
     if summary.status != "Succeeded" or not marks:
-        raise RuntimeError(f"kubetune run failed: {summary.to_json()}")
+        raise RuntimeError(f"kubetune run failed: {summary.to_wire_json()}")
     # The first step started `elapsed` seconds before its callback (the reporter update in between is µs).
     loop_start = marks[0][0] - marks[0][2]
     loop_seconds = marks[-1][0] - loop_start
@@ -359,7 +359,7 @@ def run_kubetune(setup: Setup, model_dir: Path, data_path: Path, work: Path, sha
         batch_shape=f"{setup.batch_size}x{setup.seq_len} packed",
         first_epoch_loss=statistics.fmean(losses[:spe]),
         last_epoch_loss=statistics.fmean(losses[-spe:]),
-        eval_loss=summary.eval.get("finetuned", {}).get("loss"),
+        eval_loss=summary.eval.finetuned.loss if summary.eval and summary.eval.finetuned else None,
         step_seconds=_intervals(loop_start, [m[0] for m in marks]),
         extra={
             "step_compute_s": marks[-1][2],  # sum of _one_step times only

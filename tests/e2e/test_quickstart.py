@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import QUICKSTART, ROOT
+from kubetune_api.protocol import PreflightReport
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def quickstart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
     pythonpath = os.pathsep.join(str(ROOT / d) for d in ("api", "trainer"))
     return subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer.local", *args],
+        [sys.executable, "-m", "kubetune_trainer.cli.kubetune", *args],
         env={**os.environ, "PYTHONPATH": pythonpath},
         capture_output=True,
         text=True,
@@ -51,11 +52,11 @@ def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
 def test_validate_reports_rows_tokens_and_steps(quickstart_dir: Path) -> None:
     result = kubetune("validate", str(quickstart_dir / "finetunejob.yaml"), "--json")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["data"]["train_rows"] == 800 and report["data"]["validation_rows"] == 200
-    assert report["data"]["format"] == "completion"
-    assert report["data"]["truncated_rows"] == 0 and report["data"]["dropped_rows"] == 0
-    assert report["plan"]["total_steps"] == report["plan"]["epochs"] * report["plan"]["steps_per_epoch"]
+    report = PreflightReport.model_validate_json(result.stdout)
+    assert report.data.train_rows == 800 and report.data.validation_rows == 200
+    assert report.data.format == "completion"
+    assert report.data.truncated_rows == 0 and report.data.dropped_rows == 0
+    assert report.plan.total_steps == report.plan.epochs * report.plan.steps_per_epoch
     assert not (quickstart_dir / "out").exists(), "validate must not write anything"
 
 

@@ -1,7 +1,7 @@
 """A corpus of bad inputs: each one fails fast as a user error that names its culprit, and publishes nothing.
 
 Every case runs in-process through a real entry point: `kubetune-train --config trainer.json`
-(`cli.main`) or `kubetune validate|run job.yaml` (`local.main`). Each asserts
+(`kubetune_train.main`) or `kubetune validate|run job.yaml` (`kubetune.main`). Each asserts
 
     1. the exit code and reason of the right user error (10-19: never retried by the operator),
     2. a message that names the field, the file and line, or the URI at fault,
@@ -25,7 +25,8 @@ from typing import Any, Literal
 import pytest
 
 from conftest import trainer_config, upload_dir, write_jsonl
-from kubetune_trainer import cli, local
+from kubetune_api.protocol import RunStatus, RunSummary
+from kubetune_trainer.cli import kubetune, kubetune_train
 from kubetune_trainer.errors import DatasetInvalid, InvalidSpec, ModelInvalid, NotFound, S3AccessDenied, UserError
 
 # What a finished (or half-finished) run leaves at its output; none may exist after a user error.
@@ -649,7 +650,7 @@ CASES = [
     pytest.param(
         InvalidSpec,
         lambda ctx: ctx.broken_config(
-            lambda c: c["lora"].update(r=0), "lora.r: Input should be greater than or equal to 1"
+            lambda c: c["lora"].update(r=0), "lora.r: Input should be greater than or equal to 1 (got 0)"
         ),
         id="trainer-json-lora-r-0",
     ),
@@ -657,14 +658,14 @@ CASES = [
         InvalidSpec,
         lambda ctx: ctx.broken_config(
             lambda c: c["training"].update(learning_rate=-3e-4),
-            "training.learning_rate: Input should be greater than 0",
+            "training.learning_rate: Input should be greater than 0 (got -0.0003)",
         ),
         id="trainer-json-negative-learning-rate",
     ),
     pytest.param(
         InvalidSpec,
         lambda ctx: ctx.broken_config(
-            lambda c: c["training"].update(epoch=3), "training.epoch: Extra inputs are not permitted"
+            lambda c: c["training"].update(epoch=3), "training.epoch: unknown field; did you mean epochs?"
         ),
         id="trainer-json-unknown-field",
     ),
@@ -682,7 +683,7 @@ CASES = [
     pytest.param(
         InvalidSpec,
         manifest_case(
-            job_edit(("  training:\n", "  trainig:\n")), "job.yaml: spec.trainig: Extra inputs are not permitted"
+            job_edit(("  training:\n", "  trainig:\n")), "job.yaml: spec.trainig: unknown field; did you mean training?"
         ),
         id="manifest-unknown-spec-field",
     ),
@@ -690,7 +691,7 @@ CASES = [
         InvalidSpec,
         manifest_case(
             job_edit(("learningRate:", "learningrate:")),
-            "spec.training.learningrate: Extra inputs are not permitted",
+            "spec.training.learningrate: unknown field; did you mean learningRate?",
             command="run",
         ),
         id="manifest-typo-in-training-run",
@@ -712,18 +713,20 @@ CASES = [
     ),
     pytest.param(
         InvalidSpec,
-        lambda ctx: ctx.manifest(CONFIG_MAP, "job.yaml: expected exactly one FineTuneJob document, found 0"),
+        lambda ctx: ctx.manifest(
+            CONFIG_MAP, "job.yaml: expected a FineTuneJob (kubetune.io/v1alpha1), found kind 'ConfigMap'"
+        ),
         id="manifest-no-finetunejob",
     ),
     pytest.param(
         InvalidSpec,
-        lambda ctx: ctx.manifest("", "job.yaml: expected exactly one FineTuneJob document, found 0", command="run"),
+        lambda ctx: ctx.manifest("", "job.yaml: the file holds no YAML object; expected a FineTuneJob", command="run"),
         id="manifest-empty-run",
     ),
     pytest.param(
         InvalidSpec,
         manifest_case(
-            job_edit(("    r: 4\n", "    r: 0\n")), "spec.lora.r: Input should be greater than or equal to 1"
+            job_edit(("    r: 4\n", "    r: 0\n")), "spec.lora.r: Input should be greater than or equal to 1 (got 0)"
         ),
         id="manifest-lora-r-0",
     ),
@@ -746,8 +749,37 @@ CASES = [
     ),
     pytest.param(
         InvalidSpec,
-        manifest_case(job_edit(("kubetune.io/v1alpha1", "kubetune.io/v1")), "job.yaml: apiVersion"),
+        manifest_case(
+            job_edit(("kubetune.io/v1alpha1", "kubetune.io/v1")),
+            "job.yaml: apiVersion is 'kubetune.io/v1'; a FineTuneJob's apiVersion is kubetune.io/v1alpha1",
+        ),
         id="manifest-wrong-api-version",
+    ),
+    pytest.param(
+        InvalidSpec,
+        manifest_case(
+            job_edit(("kind: FineTuneJob", "kind: FinetuneJob")),
+            "job.yaml: kind is 'FinetuneJob'; did you mean FineTuneJob? (apiVersion kubetune.io/v1alpha1)",
+            command="run",
+        ),
+        id="manifest-wrong-kind-spelling",
+    ),
+    pytest.param(
+        InvalidSpec,
+        manifest_case(
+            job_edit(("epochs: 1\n", "epochs: many\n")),
+            "job.yaml: spec.training.epochs: must be an integer or 'auto', got 'many'",
+        ),
+        id="manifest-epochs-not-a-number",
+    ),
+    pytest.param(
+        InvalidSpec,
+        lambda ctx: ctx.manifest(
+            MANIFEST.format(model="hf://org/model"),
+            "job.yaml: spec.baseModel.uri: 'hf://org/model': hf:// is not accepted: kubetune never downloads",
+            "s3://bucket/key, pvc://claim/path, file:///path",
+        ),
+        id="manifest-hf-model-uri",
     ),
     pytest.param(
         InvalidSpec,
@@ -812,20 +844,21 @@ def error_message(invocation: Invocation, error: type[UserError], stdout: str, s
     if invocation.entry == "train":
         assert invocation.termination is not None
         assert invocation.termination.is_file(), "no termination message was written"
-        summary = json.loads(invocation.termination.read_text())
-        assert summary["status"] == "Failed", summary
-        assert summary["reason"] == error.reason, summary
-        assert summary["userError"] is True, summary
-        assert summary["exitCode"] == error.exit_code, summary
-        assert summary["message"].startswith(f"{error.reason} (user error): "), summary
-        return str(summary["message"])
+        summary = RunSummary.model_validate_json(invocation.termination.read_text())
+        assert summary.status == RunStatus.FAILED, summary
+        assert summary.reason == error.reason, summary
+        assert summary.user_error is True, summary
+        assert summary.exit_code == error.exit_code, summary
+        assert summary.message is not None and summary.message.startswith(f"{error.reason} (user error): "), summary
+        return summary.message
     if invocation.entry == "config":
         # No config, so no termination-message path: kubetune-train reports on stderr.
-        records = [json.loads(line) for line in stderr.splitlines() if line.startswith('{"status"')]
+        records = [RunSummary.model_validate_json(line) for line in stderr.splitlines() if line.startswith("{")]
         assert len(records) == 1, stderr
-        assert records[0]["status"] == "Failed", records[0]
-        assert records[0]["reason"] == error.reason, records[0]
-        return str(records[0]["message"])
+        assert records[0].status == RunStatus.FAILED, records[0]
+        assert records[0].reason == error.reason, records[0]
+        assert records[0].message is not None
+        return records[0].message
     assert f"{error.reason} (user error)" in stdout + stderr, stdout + stderr
     return stdout + stderr
 
@@ -851,7 +884,7 @@ def test_bad_input_is_a_user_error_that_names_the_culprit_and_publishes_nothing(
     assert 10 <= error.exit_code <= 19
     invocation = build(Ctx(tmp_path, tiny_model_dir, request))
 
-    main = local.main if invocation.entry == "manifest" else cli.main
+    main = kubetune.main if invocation.entry == "manifest" else kubetune_train.main
     code = main(invocation.argv)
     stdout, stderr = capsys.readouterr()
 
@@ -873,11 +906,11 @@ def test_invalid_trainer_json_still_writes_the_termination_message(
 ) -> None:
     ctx = Ctx(tmp_path, tiny_model_dir, request)
     invocation = ctx.broken_config(lambda c: c["lora"].update(r=0), "lora.r")
-    assert cli.main(invocation.argv) == InvalidSpec.exit_code
+    assert kubetune_train.main(invocation.argv) == InvalidSpec.exit_code
     termination = tmp_path / "termination-log"
     assert termination.is_file(), "no termination message was written"
-    summary = json.loads(termination.read_text())
-    assert summary["status"] == "Failed"
-    assert summary["reason"] == "InvalidSpec"
-    assert summary["userError"] is True
-    assert "lora.r" in summary["message"]
+    summary = RunSummary.model_validate_json(termination.read_text())
+    assert summary.status == RunStatus.FAILED
+    assert summary.reason == InvalidSpec.reason
+    assert summary.user_error is True
+    assert summary.message is not None and "lora.r" in summary.message

@@ -36,7 +36,7 @@ def run(tmp_path: Path, model: Path, data: Path, name: str, batch_size: int, ran
     )
     pythonpath = os.pathsep.join(str(ROOT / d) for d in ("api", "trainer"))
     result = subprocess.run(
-        [*launcher, "-m", "kubetune_trainer.cli", "--config", str(path)],
+        [*launcher, "-m", "kubetune_trainer.cli.kubetune_train", "--config", str(path)],
         env={**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,

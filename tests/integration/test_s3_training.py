@@ -21,6 +21,7 @@ import requests
 import torch
 
 from conftest import ROOT, free_port, trainer_config, upload_dir
+from kubetune_api.protocol import FailureReason, ProgressReport, RunStatus, RunSummary
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
@@ -44,7 +45,7 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 def trainer_process(config_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     pythonpath = os.pathsep.join(str(ROOT / d) for d in ("api", "trainer"))
     return subprocess.Popen(
-        [sys.executable, "-m", "kubetune_trainer.cli", "--config", str(config_path)],
+        [sys.executable, "-m", "kubetune_trainer.cli.kubetune_train", "--config", str(config_path)],
         # One thread each: tests run several trainers at once on a 2-core machine.
         env={**os.environ, **env, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,
@@ -53,18 +54,19 @@ def trainer_process(config_path: Path, env: dict[str, str]) -> subprocess.Popen[
     )
 
 
-def wait_for_step(port: int, proc: subprocess.Popen[str], step: int, need_checkpoint: bool) -> dict[str, Any]:
+def wait_for_step(port: int, proc: subprocess.Popen[str], step: int, need_checkpoint: bool) -> ProgressReport:
     """Poll the trainer's own /progress endpoint until it reaches `step`."""
     deadline = time.time() + 240
     while time.time() < deadline:
         assert proc.poll() is None, f"trainer exited early: {proc.communicate()}"
         try:
-            progress = requests.get(f"http://127.0.0.1:{port}/progress", timeout=2).json()
+            document = requests.get(f"http://127.0.0.1:{port}/progress", timeout=2).json()
+            progress = ProgressReport.model_validate(document)
         except requests.ConnectionError:
             time.sleep(0.05)
             continue
-        if progress["step"] >= step and (progress["checkpoints"] or not need_checkpoint):
-            return dict(progress)
+        if progress.step >= step and (progress.checkpoints or not need_checkpoint):
+            return progress
         time.sleep(0.02)
     raise AssertionError("trainer did not reach the step in time")
 
@@ -117,8 +119,9 @@ def test_trains_from_s3_to_s3_and_publishes_every_artifact(
     assert evals["finetuned"]["loss"] < evals["baseline"]["loss"]
     assert "exact_match" in evals["baseline"] and "exact_match" in evals["finetuned"]
 
-    summary = json.loads((tmp_path / "term").read_text())
-    assert summary["status"] == "Succeeded" and summary["manifestUri"].endswith("runs/one/manifest.json")
+    summary = RunSummary.model_validate_json((tmp_path / "term").read_text())
+    assert summary.status == RunStatus.SUCCEEDED
+    assert summary.manifest_uri is not None and summary.manifest_uri.endswith("runs/one/manifest.json")
     assert len((tmp_path / "term").read_bytes()) <= 4096
     # Credentials never reach the artifacts.
     assert "testing" not in json.dumps(manifest)
@@ -160,7 +163,7 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted_run(
     killed_at = wait_for_step(port, victim, step=45, need_checkpoint=True)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
-    assert killed_at["step"] < killed_at["totalSteps"], "the run finished before it could be killed"
+    assert killed_at.step < killed_at.total_steps, "the run finished before it could be killed"
     assert "manifest.json" not in keys_under(s3_client, bucket, "runs/resumed")
 
     resumed = trainer_process(config_for("resumed"), s3_env)
@@ -205,8 +208,8 @@ def test_sigterm_saves_a_checkpoint_then_exits_143(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
 
-    summary = json.loads((tmp_path / "term").read_text())
-    assert summary["status"] == "Preempted" and summary["reason"] == "Preempted"
+    summary = RunSummary.model_validate_json((tmp_path / "term").read_text())
+    assert summary.status == RunStatus.PREEMPTED and summary.reason == FailureReason.PREEMPTED
     keys = keys_under(s3_client, bucket, "runs/term")
     markers = sorted(k for k in keys if k.endswith("/COMPLETE"))
     assert len(markers) == 1, keys  # no periodic checkpoint was due: this one is SIGTERM's
@@ -223,7 +226,7 @@ def test_exported_adapter_loads_with_peft_and_matches_in_memory_model(
 
     from kubetune_api.trainer_config import TrainerConfig
     from kubetune_trainer.progress import ProgressReporter
-    from kubetune_trainer.runner import Runner
+    from kubetune_trainer.recipe import LoRAFinetuneRecipe
 
     config = TrainerConfig.model_validate(
         trainer_config(
@@ -234,13 +237,13 @@ def test_exported_adapter_loads_with_peft_and_matches_in_memory_model(
             training={"max_steps": 15},
         )
     )
-    runner = Runner(config, ProgressReporter("t", None), threading.Event(), tmp_path / "work")
-    summary = runner.run()
-    assert summary.status == "Succeeded"
+    recipe = LoRAFinetuneRecipe(config, ProgressReporter("t", None), threading.Event(), tmp_path / "work")
+    summary = recipe.run()
+    assert summary.status == RunStatus.SUCCEEDED
 
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "out")
     loaded.eval()
-    in_memory = runner.model.eval()
+    in_memory = recipe.model.eval()
     ids = torch.tensor([[1, 30, 40, 50, 60, 70, 80]])
     with torch.no_grad():
         expected = in_memory(input_ids=ids, use_cache=False).logits
@@ -258,7 +261,7 @@ def test_merged_weights_match_the_adapter(tiny_model_dir: Path, numbers_path: Pa
     from transformers import AutoModelForCausalLM
 
     from kubetune_api.trainer_config import TrainerConfig
-    from kubetune_trainer.pipeline import run_training
+    from kubetune_trainer.recipe import run_training
 
     config = TrainerConfig.model_validate(
         trainer_config(
@@ -270,7 +273,7 @@ def test_merged_weights_match_the_adapter(tiny_model_dir: Path, numbers_path: Pa
             output={"uri": str(tmp_path / "out"), "merge_adapter": True},
         )
     )
-    assert run_training(config).status == "Succeeded"
+    assert run_training(config).status == RunStatus.SUCCEEDED
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged").eval()
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "out").eval()
     ids = torch.tensor([[1, 30, 40, 50, 60]])

@@ -15,8 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, load_manifest, trainer_config_from_job
+from kubetune_trainer.cli.kubetune import config_for, read_manifest
 from kubetune_trainer.errors import InvalidSpec
-from kubetune_trainer.local import config_for, read_manifest
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 
@@ -325,8 +325,63 @@ def test_read_manifest_needs_exactly_one_job(tmp_path: Path) -> None:
     with pytest.raises(InvalidSpec, match="expected exactly one FineTuneJob document, found 2"):
         read_manifest(path)
     path.write_text("apiVersion: v1\nkind: ConfigMap\n")
-    with pytest.raises(InvalidSpec, match="found 0"):
+    with pytest.raises(InvalidSpec, match=r"expected a FineTuneJob \(kubetune.io/v1alpha1\), found kind 'ConfigMap'"):
         read_manifest(path)
+    path.write_text("")
+    with pytest.raises(InvalidSpec, match="the file holds no YAML object"):
+        read_manifest(path)
+
+
+def quickstart_with(tmp_path: Path, old: str, new: str) -> Path:
+    """The quickstart manifest with one edit, as a file next to the test."""
+    text = (QUICKSTART / "finetunejob.yaml").read_text()
+    assert old in text
+    path = tmp_path / "job.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def spec_error(path: Path) -> str:
+    with pytest.raises(InvalidSpec) as info:
+        read_manifest(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    return message[len(f"{path}: ") :]
+
+
+def test_typo_suggests_the_field(tmp_path: Path) -> None:
+    """A misspelt field names the real one, as kubectl does."""
+    path = quickstart_with(tmp_path, "learningRate:", "learningrate:")
+    assert spec_error(path) == "spec.training.learningrate: unknown field; did you mean learningRate?"
+
+
+def test_bad_epochs_is_one_sentence(tmp_path: Path) -> None:
+    """epochs: many fails both union branches; the user reads one line, not pydantic's branch tags."""
+    message = spec_error(quickstart_with(tmp_path, "epochs: 12", "epochs: many"))
+    assert message == "spec.training.epochs: must be an integer or 'auto', got 'many'"
+    assert "epochs.int" not in message and "literal[" not in message
+
+
+def test_hf_uri_says_what_is_accepted_and_why_not_hf(tmp_path: Path) -> None:
+    """A hub URI is refused with the schemes that work and the reason, not a regular expression."""
+    message = spec_error(quickstart_with(tmp_path, "uri: file://./model/", "uri: hf://org/model"))
+    assert message.startswith("spec.baseModel.uri: 'hf://org/model': hf:// is not accepted: ")
+    assert "never downloads from a model hub" in message
+    for scheme in ("s3://", "pvc://", "file://"):
+        assert scheme in message
+    assert "^" not in message and "pattern" not in message
+
+
+def test_wrong_kind_is_named(tmp_path: Path) -> None:
+    """A near-miss kind is called out, with the right spelling."""
+    message = spec_error(quickstart_with(tmp_path, "kind: FineTuneJob", "kind: FinetuneJob"))
+    assert message == "kind is 'FinetuneJob'; did you mean FineTuneJob? (apiVersion kubetune.io/v1alpha1)"
+
+
+def test_wrong_api_version_is_named(tmp_path: Path) -> None:
+    """A FineTuneJob of another apiVersion says which one it must be."""
+    message = spec_error(quickstart_with(tmp_path, "apiVersion: kubetune.io/v1alpha1", "apiVersion: kubetune.io/v1"))
+    assert message == "apiVersion is 'kubetune.io/v1'; a FineTuneJob's apiVersion is kubetune.io/v1alpha1"
 
 
 def test_read_manifest_invalid_yaml(tmp_path: Path) -> None:

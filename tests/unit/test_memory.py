@@ -1,9 +1,9 @@
-"""The preflight's GPU memory estimate: arithmetic on config.json, checked against known shapes."""
+"""memory.py: the GPU memory estimate, arithmetic on config.json, checked against known shapes."""
 
 from __future__ import annotations
 
 from kubetune_api.spec import LoRASpec, TrainingSpec
-from kubetune_trainer.preflight import GIB, estimate_memory
+from kubetune_trainer.memory import GIB, estimate_memory
 
 # Llama-3.2-1B's published config.json (the numbers that matter here).
 LLAMA_1B = {

@@ -10,11 +10,22 @@ from typing import Any
 
 import pytest
 
+from kubetune_api.protocol import (
+    TERMINATION_MESSAGE_LIMIT_BYTES,
+    CheckpointRecord,
+    DataStats,
+    EvalResult,
+    Evaluations,
+    FailureReason,
+    ProgressReport,
+    RunStatus,
+    RunSummary,
+    TrainerPhase,
+)
 from kubetune_api.spec import TrainingSpec
-from kubetune_trainer.errors import DatasetInvalid, Preempted
-from kubetune_trainer.pipeline import Summary, failure_summary
-from kubetune_trainer.prepare import DataStats, plan, resolve_batch_size, resolve_epochs
-from kubetune_trainer.progress import ProgressReporter, ProgressState
+from kubetune_trainer.errors import DatasetInvalid, Preempted, failure_summary
+from kubetune_trainer.prepare import plan_steps, resolve_batch_size, resolve_epochs
+from kubetune_trainer.progress import ProgressReporter
 
 
 def training(**values: Any) -> TrainingSpec:
@@ -73,29 +84,29 @@ def test_explicit_epochs_win(n_examples: int) -> None:
 def test_plan_from_epochs() -> None:
     """Steps per epoch = ceil(sequences / (batch * world) / accumulation); warmup is a share of all steps."""
     spec = training(epochs=3, batch_size=4, gradient_accumulation_steps=2, warmup_ratio=0.1)
-    result = plan(spec, stats(train_rows=100, train_sequences=50, train_tokens=5000), "cpu")
+    result = plan_steps(spec, stats(train_rows=100, train_sequences=50, train_tokens=5000), "cpu")
     assert (result.epochs, result.batch_size, result.gradient_accumulation_steps) == (3, 4, 2)
     assert result.steps_per_epoch == 7  # 13 micro-batches -> 7 optimizer steps
     assert result.total_steps == 21
     assert result.warmup_steps == 2
-    two_gpus = plan(spec, stats(train_rows=100, train_sequences=50, train_tokens=5000), "cuda", world_size=2)
+    two_gpus = plan_steps(spec, stats(train_rows=100, train_sequences=50, train_tokens=5000), "cuda", world_size=2)
     assert two_gpus.steps_per_epoch == 4  # 7 micro-batches per rank
 
 
 def test_plan_max_steps_overrides_epochs() -> None:
     """maxSteps sets the total; epochs then report how many passes that is (rounded up)."""
     spec = training(epochs=3, batch_size=4, max_steps=10)
-    result = plan(spec, stats(train_rows=100, train_sequences=16, train_tokens=1600), "cpu")
+    result = plan_steps(spec, stats(train_rows=100, train_sequences=16, train_tokens=1600), "cpu")
     assert result.steps_per_epoch == 4
     assert result.total_steps == 10
     assert result.epochs == 3
-    short = plan(training(batch_size=4, max_steps=2), stats(100, 16, 1600), "cpu")
+    short = plan_steps(training(batch_size=4, max_steps=2), stats(100, 16, 1600), "cpu")
     assert (short.total_steps, short.epochs) == (2, 1)
 
 
 def test_plan_uses_auto_epochs_on_rows() -> None:
     """Auto epochs are decided from training rows, not packed sequences."""
-    result = plan(training(batch_size=1), stats(train_rows=10, train_sequences=2, train_tokens=200), "cpu")
+    result = plan_steps(training(batch_size=1), stats(train_rows=10, train_sequences=2, train_tokens=200), "cpu")
     assert result.epochs == 10
     assert result.total_steps == 20
 
@@ -138,17 +149,25 @@ def test_explicit_batch_size_wins() -> None:
 # -- progress reporting ----------------------------------------------------------------------------
 
 
-def test_progress_state_json_is_camel_case() -> None:
+def test_progress_report_wire_is_camel_case() -> None:
     """The /progress document uses camelCase keys and includes the progress ratio."""
-    state = ProgressState(step=5, total_steps=20, train_loss=1.5, eta_seconds=30.0)
-    doc = state.to_json()
-    for key in ("phase", "step", "totalSteps", "trainLoss", "evalLoss", "etaSeconds", "progressRatio"):
+    report = ProgressReport(step=5, total_steps=20, train_loss=1.5, eta_seconds=30.0)
+    doc = report.to_wire()
+    for key in ("phase", "step", "totalSteps", "trainLoss", "etaSeconds", "progressRatio"):
         assert key in doc
-    assert "lastUpdateTime" in doc and "trainedTokens" in doc and "tokensPerSecond" in doc
+    assert "lastUpdateTime" in doc and "trainedTokens" in doc
     assert all("_" not in key for key in doc)
     assert doc["progressRatio"] == 0.25
-    assert ProgressState().progress_ratio == 0.0  # no plan yet: no division by zero
-    assert ProgressState(step=30, total_steps=20).progress_ratio == 1.0
+    assert ProgressReport.model_validate(doc) == report  # the operator reads back what the trainer wrote
+    assert ProgressReport().progress_ratio == 0.0  # no plan yet: no division by zero
+    assert ProgressReport(step=30, total_steps=20).progress_ratio == 1.0
+
+
+def test_reporter_update_rejects_unknown_fields() -> None:
+    """A misspelt field is an error, not a silently missing value on /progress."""
+    rep = ProgressReporter("numbers", None)
+    with pytest.raises(TypeError, match="trainloss"):
+        rep.update(trainloss=1.0)
 
 
 @pytest.fixture
@@ -170,7 +189,7 @@ def _get(url: str) -> tuple[str, str]:
 def test_metrics_endpoint(reporter: tuple[ProgressReporter, str]) -> None:
     """/metrics is Prometheus text with the job's series labelled by finetunejob and namespace."""
     rep, base = reporter
-    rep.update(phase="Running", step=3, total_steps=12, train_loss=0.5, new_tokens=640, new_checkpoints=1)
+    rep.update(phase=TrainerPhase.RUNNING, step=3, total_steps=12, train_loss=0.5, new_tokens=640, new_checkpoints=1)
     ctype, text = _get(f"{base}/metrics")
     assert ctype.startswith("text/plain")
     labels = 'finetunejob="numbers",finetunejob_namespace="ml"'
@@ -191,16 +210,21 @@ def test_counters_exported_before_first_increment(reporter: tuple[ProgressReport
 
 
 def test_progress_endpoint(reporter: tuple[ProgressReporter, str]) -> None:
-    """/progress serves the current state as camelCase JSON."""
+    """/progress serves the current ProgressReport as camelCase JSON, checkpoints included."""
     rep, base = reporter
-    rep.update(phase="Running", step=4, total_steps=16, train_loss=1.25, eta_seconds=60.0)
+    saved = CheckpointRecord(step=4, uri="s3://runs/x/checkpoints/step-00000004", time=1.0)
+    rep.update(
+        phase=TrainerPhase.RUNNING, step=4, total_steps=16, train_loss=1.25, eta_seconds=60.0, checkpoints=[saved]
+    )
     ctype, body = _get(f"{base}/progress?ignored=1")
     assert ctype == "application/json"
     doc = json.loads(body)
-    assert doc["phase"] == "Running"
-    assert (doc["step"], doc["totalSteps"], doc["progressRatio"]) == (4, 16, 0.25)
-    assert (doc["trainLoss"], doc["etaSeconds"], doc["evalLoss"]) == (1.25, 60.0, None)
     assert doc == rep.snapshot()
+    report = ProgressReport.model_validate(doc)
+    assert report.phase is TrainerPhase.RUNNING
+    assert (report.step, report.total_steps, report.progress_ratio) == (4, 16, 0.25)
+    assert (report.train_loss, report.eta_seconds, report.eval_loss) == (1.25, 60.0, None)
+    assert report.checkpoints == [saved]
 
 
 def test_health_and_unknown_paths(reporter: tuple[ProgressReporter, str]) -> None:
@@ -229,45 +253,52 @@ def test_close_stops_serving() -> None:
 @pytest.mark.parametrize("message", ["x" * 10_000, "é" * 10_000, 'quote " and \n newline ' * 500, "☕" * 3000])
 def test_summary_fits_termination_message(message: str) -> None:
     """A failure summary with a huge message stays <= 4096 bytes, valid JSON, the message cut with an ellipsis."""
-    summary = Summary(status="Failed", job="numbers", reason="DatasetInvalid", message=message, exit_code=12)
-    text = summary.to_json()
-    assert len(text.encode("utf-8")) <= 4096
-    doc = json.loads(text)
-    assert doc["status"] == "Failed"
-    assert doc["job"] == "numbers"
-    assert doc["reason"] == "DatasetInvalid"
-    assert doc["message"].endswith("…")
-    assert message.startswith(doc["message"][:-1])
+    summary = RunSummary(
+        status=RunStatus.FAILED, job="numbers", reason=FailureReason.DATASET_INVALID, message=message, exit_code=12
+    )
+    text = summary.to_termination_message()
+    assert len(text.encode("utf-8")) <= TERMINATION_MESSAGE_LIMIT_BYTES == 4096
+    parsed = RunSummary.model_validate_json(text)
+    assert (parsed.status, parsed.job, parsed.reason) == (RunStatus.FAILED, "numbers", FailureReason.DATASET_INVALID)
+    assert parsed.message is not None and parsed.message.endswith("…")
+    assert message.startswith(parsed.message[:-1])
 
 
 def test_summary_small_is_complete() -> None:
-    """A small summary is not cut; None and empty fields are left out; eval examples are dropped."""
-    summary = Summary(
-        status="Succeeded",
+    """A small summary is not cut; None fields are left out; evaluations carry no exact-match examples."""
+    full_eval = {"loss": 0.5, "exact_match": 0.75, "samples": 4, "examples": [{"prompt": "p" * 5000}]}
+    summary = RunSummary(
+        status=RunStatus.SUCCEEDED,
         job="numbers",
         step=10,
         total_steps=10,
-        eval={"after": {"loss": 0.5, "examples": [{"prompt": "p" * 5000}]}},
+        eval=Evaluations(finetuned=EvalResult.model_validate(full_eval)),
     )
-    doc = json.loads(summary.to_json())
-    assert doc["status"] == "Succeeded"
-    assert "message" not in doc and "reason" not in doc
-    assert doc["eval"] == {"after": {"loss": 0.5}}
+    text = summary.to_termination_message()
+    assert "message" not in json.loads(text) and "reason" not in json.loads(text)
+    parsed = RunSummary.model_validate_json(text)
+    assert parsed == summary
+    assert parsed.eval == Evaluations(finetuned=EvalResult(loss=0.5, exact_match=0.75, samples=4))
 
 
 def test_failure_summary_from_error() -> None:
     """A KubetuneError becomes a Failed (or Preempted) summary with its reason, exit code and blame."""
     failed = failure_summary("numbers", DatasetInvalid("train.jsonl: the file has no rows"), started=0.0)
-    assert (failed.status, failed.reason, failed.exit_code, failed.user_error) == ("Failed", "DatasetInvalid", 12, True)
+    assert (failed.status, failed.reason, failed.exit_code, failed.user_error) == (
+        RunStatus.FAILED,
+        FailureReason.DATASET_INVALID,
+        12,
+        True,
+    )
     assert failed.message == "DatasetInvalid (user error): train.jsonl: the file has no rows"
     preempted = failure_summary("numbers", Preempted("SIGTERM"), started=0.0)
-    assert (preempted.status, preempted.exit_code, preempted.user_error) == ("Preempted", 143, False)
+    assert (preempted.status, preempted.exit_code, preempted.user_error) == (RunStatus.PREEMPTED, 143, False)
 
 
 def test_summary_with_long_uris_is_still_json() -> None:
     """Whatever is cut to fit 4 KB, the termination message stays parseable."""
     uri = "s3://bucket/" + "a" * 2030 + "/"
-    summary = Summary(status="Succeeded", job="numbers", adapter_uri=uri, manifest_uri=uri + "manifest.json")
-    text = summary.to_json()
-    assert len(text.encode("utf-8")) <= 4096
-    assert json.loads(text)["status"] == "Succeeded"
+    summary = RunSummary(status=RunStatus.SUCCEEDED, job="numbers", adapter_uri=uri, manifest_uri=uri + "manifest.json")
+    text = summary.to_termination_message()
+    assert len(text.encode("utf-8")) <= TERMINATION_MESSAGE_LIMIT_BYTES
+    assert RunSummary.model_validate_json(text).status == RunStatus.SUCCEEDED

@@ -1,13 +1,14 @@
 """Resumable checkpoints under `<output>/checkpoints/step-NNNNNNNN/`.
 
 A checkpoint holds the adapter, optimizer, scheduler, RNG states and the data position.
-It counts only once its COMPLETE marker exists; the marker is written last, so a kill at
-any moment leaves either a complete checkpoint or one that resume ignores. Old complete
+It counts only once it is marked complete (the `COMPLETE` marker of storage.py, written
+last), so a kill at any moment leaves either a complete checkpoint or one that resume ignores. Old complete
 checkpoints beyond `keep` are deleted only after a newer one is complete.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -22,12 +23,12 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.storage import Location, Storage, parse_uri
 
 log = logging.getLogger(__name__)
 
-MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 FILES = (
     "adapter_model.safetensors",
@@ -52,6 +53,19 @@ class TrainState:
     baseline: dict[str, Any] | None = None
     resume_key: str = ""
     attempt: int = 1
+
+
+def resume_key(config: TrainerConfig, model_fingerprint: str, data_fingerprints: list[str]) -> str:
+    """What must match for a checkpoint to be resumable: data, model and the training maths."""
+    training = config.training.model_dump(exclude={"checkpoint_every_steps", "keep_checkpoints", "log_every_steps"})
+    payload = {
+        "model": model_fingerprint,
+        "data": data_fingerprints,
+        "lora": config.lora.model_dump(),
+        "training": training,
+        "dataset": config.dataset.model_dump(exclude={"train", "validation"}),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def step_name(step: int) -> str:
@@ -82,7 +96,7 @@ class CheckpointStore:
         steps = []
         for name in self.storage.list_children(self.root.uri):
             match = STEP_DIR.match(name)
-            if match and self.storage.read_text_uncached(self.root.join(name, MARKER).uri) is not None:
+            if match and self.storage.is_complete(self.root.join(name).uri):
                 steps.append(int(match.group(1)))
         return sorted(steps)
 
@@ -103,8 +117,7 @@ class CheckpointStore:
             torch.save(rng_state(), local / "rng.pt")
             (local / "state.json").write_text(json.dumps(asdict(state)))
             files = self.storage.put_dir(local, target.uri)
-        marker = {"step": state.step, "files": files, "time": time.time()}
-        self.storage.put_bytes(json.dumps(marker).encode(), target.join(MARKER).uri)
+        self.storage.mark_complete(target.uri, {"step": state.step, "files": files, "time": time.time()})
         self._prune()
         return target.uri
 

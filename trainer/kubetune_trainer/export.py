@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kubetune_api.protocol import DataStats, Evaluations, RunStatus, RunSummary, StepPlan
+from kubetune_api.status import rfc3339
+from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer.errors import ExportFailed, KubetuneError
 from kubetune_trainer.storage import Storage, parse_uri, sha256_file
+
+if TYPE_CHECKING:  # both import torch; the functions here only read their fields
+    from kubetune_trainer.checkpoint import TrainState
+    from kubetune_trainer.modeling import Numerics
 
 MANIFEST = "manifest.json"
 LIBRARIES = ("kubetune", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors")
@@ -37,6 +44,81 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def existing_result(storage: Storage, config: TrainerConfig) -> RunSummary | None:
+    """A finished run at this output is reported, not redone: reruns are idempotent."""
+    manifest_uri = parse_uri(config.output.uri).join(MANIFEST).uri
+    text = storage.read_text_uncached(manifest_uri)
+    if text is None:
+        return None
+    manifest = json.loads(text)
+    training = manifest.get("training", {})
+    return RunSummary(
+        status=RunStatus.SUCCEEDED,
+        job=config.job_name,
+        step=training.get("steps", 0),
+        total_steps=training.get("steps", 0),
+        trained_tokens=training.get("trainedTokens", 0),
+        eval=Evaluations.model_validate(manifest.get("eval") or {}),
+        adapter_uri=config.output.uri,
+        manifest_uri=manifest_uri,
+        already_complete=True,
+    )
+
+
+def write_reports(
+    out: Path, config: TrainerConfig, state: TrainState, stats: DataStats, evals: dict[str, dict[str, Any]]
+) -> None:
+    """metrics.json, eval.json (with the exact-match examples), the loss curve and the model card."""
+    metrics = {"loss_curve": state.loss_history, "data": stats.model_dump(by_alias=False)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "eval.json").write_text(json.dumps(evals, indent=2))
+    write_loss_curve(state.loss_history, evals, out / "loss_curve.png")
+    card = model_card(config.job_name, config.base_model_uri, config.dataset.train, config.lora.model_dump(), evals)
+    (out / "README.md").write_text(card)
+
+
+def build_manifest(
+    config: TrainerConfig,
+    *,
+    state: TrainState,
+    plan: StepPlan,
+    numerics: Numerics,
+    device: str,
+    processes: int,
+    model_fingerprint: dict[str, Any],
+    data_fingerprints: list[dict[str, Any]],
+    stats: DataStats,
+    evaluations: Evaluations,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The provenance record (manifest.json) before `publish` adds the artifacts' hashes."""
+    return {
+        "kind": "kubetune.io/FineTuneJobResult",
+        "job": {"name": config.job_name, "namespace": config.namespace, "attempt": state.attempt},
+        "baseModel": {
+            "uri": config.base_model_uri,
+            "sha256": model_fingerprint["sha256"],
+            "files": model_fingerprint["files"],
+        },
+        "datasets": data_fingerprints,
+        "config": json.loads(config.model_dump_json(exclude={"runtime"})),
+        "training": {
+            "steps": state.step,
+            "epochs": plan.epochs,
+            "batchSize": plan.batch_size,
+            "trainedTokens": state.trained_tokens,
+            "precision": numerics.mixed_precision,
+            "attention": numerics.attn_implementation,
+            "device": device,
+            "processes": processes,
+        },
+        "data": stats.model_dump(by_alias=False),
+        "eval": evaluations.model_dump(mode="json", by_alias=False, exclude_none=True),
+        "timingsSeconds": {**timings, "trainingTotal": round(state.elapsed_seconds, 3)},
+        "libraries": library_versions(),
+    }
 
 
 def write_loss_curve(history: list[dict[str, float]], evals: dict[str, Any], path: Path) -> None:
@@ -123,7 +205,7 @@ def publish(
             for name in files
             if name != MANIFEST
         },
-        "completedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "completedAt": rfc3339(datetime.now(UTC)),
     }
     (local_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     try:

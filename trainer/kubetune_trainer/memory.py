@@ -1,19 +1,16 @@
-"""Preflight: everything that can be known about a job without a GPU or the model weights.
+"""Peak GPU memory of one training rank, estimated from config.json before a GPU is requested.
 
-Runs as the operator's CPU preflight Job (`kubetune-train --validate-only`) and as
-`kubetune validate`: stages only the tokenizer and config files, validates every row,
-counts tokens, truncation and packing, and plans the steps.
+Pure arithmetic (no torch, no weights), so the CPU preflight (`validate.validate_job`) can
+warn that a job will not fit. Expect ±30 %: allocator fragmentation and kernels' workspaces
+are folded into one overhead constant.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
+from kubetune_api.protocol import MemoryEstimate
 from kubetune_api.spec import ALL_LINEAR, LoRASpec, Precision, TrainingSpec
-from kubetune_api.trainer_config import TrainerConfig
 
 GIB = 2**30
 # Activation bytes per token, per hidden unit, per layer, for a transformer block in 16-bit
@@ -21,20 +18,6 @@ GIB = 2**30
 # Transformer Models", 2022: 34·s·b·h, attention scores excluded as SDPA/flash never keep them).
 ACTIVATION_BYTES_PER_TOKEN_HIDDEN = 34
 CUDA_OVERHEAD_BYTES = 1 * GIB  # context, cuBLAS workspace, allocator slack
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Peak GPU memory of one training rank, in bytes (an estimate: expect ±30 %)."""
-
-    model_parameters: int
-    lora_parameters: int
-    weights_bytes: int
-    lora_training_bytes: int
-    activation_bytes: int
-    logits_bytes: int
-    overhead_bytes: int
-    total_bytes: int
 
 
 def _linear_shapes(model_config: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -58,10 +41,7 @@ def _linear_shapes(model_config: dict[str, Any]) -> dict[str, tuple[int, int]]:
 def estimate_memory(
     model_config: dict[str, Any], training: TrainingSpec, lora: LoRASpec, batch_size: int
 ) -> MemoryEstimate:
-    """Weights + LoRA training state + activations + logits for one micro-batch on one GPU.
-
-    Pure arithmetic on config.json, so the preflight can warn before a GPU is requested.
-    """
+    """Weights + LoRA training state + activations + logits for one micro-batch on one GPU."""
     hidden, layers = int(model_config["hidden_size"]), int(model_config["num_hidden_layers"])
     vocab = int(model_config["vocab_size"])
     shapes = _linear_shapes(model_config)
@@ -91,32 +71,3 @@ def estimate_memory(
         overhead_bytes=CUDA_OVERHEAD_BYTES,
         total_bytes=total,
     )
-
-
-def validate_dataset(config: TrainerConfig, plan_device: str | None = None, world_size: int = 1) -> dict[str, Any]:
-    """Everything a preflight can know without a GPU: row checks, tokens, steps, memory.
-
-    `plan_device` is where training will run (the preflight itself runs on a CPU node), so
-    `batchSize: auto` and the step count match the real run.
-    """
-    from kubetune_trainer.encode import Encoder
-    from kubetune_trainer.modeling import TOKENIZER_FILES, check_seq_length, load_tokenizer
-    from kubetune_trainer.prepare import plan, prepare
-    from kubetune_trainer.storage import Storage
-
-    storage = Storage(config.storage, config.runtime.cache_dir)
-    model_dir = storage.stage_dir(config.base_model_uri, only=frozenset(TOKENIZER_FILES))
-    check_seq_length(model_dir, config.training.max_seq_length)
-    train_path = storage.stage_file(config.dataset.train)
-    val_path = storage.stage_file(config.dataset.validation) if config.dataset.validation else None
-    tokenizer = load_tokenizer(model_dir)
-    encoder = Encoder(tokenizer, config.training.max_seq_length, config.training.completion_only_loss)
-    data = prepare(config.dataset, config.training, encoder, train_path, val_path)
-    device = plan_device or ("cuda" if config.runtime.device == "cuda" else "cpu")
-    steps = plan(config.training, data.stats, device, world_size)
-    report: dict[str, Any] = {"job": config.job_name, "data": data.stats.as_dict(), "plan": steps.__dict__}
-    model_config = json.loads((Path(model_dir) / "config.json").read_text())
-    if device == "cuda" and "hidden_size" in model_config:
-        estimate = estimate_memory(model_config, config.training, config.lora, steps.batch_size)
-        report["memory"] = asdict(estimate)
-    return report

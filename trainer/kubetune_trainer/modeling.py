@@ -19,7 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from kubetune_api.spec import ALL_LINEAR, LoRASpec, Precision
+from kubetune_api.spec import ALL_LINEAR, LoRASpec, Precision, precision_problem
 from kubetune_trainer.errors import InvalidSpec, ModelInvalid
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ def choose_numerics(precision: Precision, device_type: str) -> Numerics:
     cuda = device_type == "cuda"
     if precision is Precision.AUTO:
         precision = Precision.BF16 if cuda and torch.cuda.is_bf16_supported() else Precision.FP32
-    if precision is Precision.FP16 and not cuda:
-        raise InvalidSpec("training.precision: fp16 needs a GPU; use bf16, fp32 or auto on CPU")
+    problem = precision_problem(precision, on_gpu=cuda)  # the rule the operator's admission applies too
+    if problem:
+        raise InvalidSpec(problem)
     attn = "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"
     # Base weights are stored in the compute dtype on GPU (half the memory); LoRA weights stay fp32.
     load_dtype = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}.get(precision, torch.float32)

@@ -4,10 +4,10 @@ spending a GPU: rows, tokens, truncation, steps. Shared by training and `validat
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from kubetune_api.protocol import DataStats, StepPlan
 from kubetune_api.spec import AUTO, DatasetSpec, TrainingSpec
 from kubetune_trainer.data import Row, read_rows, split_rows
 from kubetune_trainer.encode import Encoded, Encoder
@@ -20,35 +20,6 @@ MIN_TARGET_EXAMPLES = 100
 MAX_TARGET_EXAMPLES = 25_000
 MAX_AUTO_EPOCHS = 25
 AUTO_BATCH_TOKENS = {"cuda": 16_384, "cpu": 4_096}
-
-
-@dataclass(frozen=True)
-class DataStats:
-    format: str
-    train_rows: int
-    validation_rows: int
-    train_tokens: int
-    trainable_tokens: int
-    validation_tokens: int
-    truncated_rows: int
-    dropped_rows: int
-    max_row_tokens: int
-    mean_row_tokens: float
-    train_sequences: int
-    packing_efficiency: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Plan:
-    epochs: int
-    batch_size: int
-    gradient_accumulation_steps: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
 
 
 @dataclass
@@ -138,14 +109,15 @@ def resolve_batch_size(training: TrainingSpec, device_type: str, mean_sequence_t
     return max(1, min(256, int(budget // per_sequence)))
 
 
-def plan(training: TrainingSpec, stats: DataStats, device_type: str, world_size: int = 1) -> Plan:
+def plan_steps(training: TrainingSpec, stats: DataStats, device_type: str, world_size: int = 1) -> StepPlan:
+    """Epochs, batch size and optimizer steps for `world_size` processes on `device_type`."""
     epochs = resolve_epochs(training, stats.train_rows)
     mean_seq = stats.train_tokens / max(1, stats.train_sequences)
     batch_size = resolve_batch_size(training, device_type, mean_seq)
     micro_batches = math.ceil(stats.train_sequences / (batch_size * world_size))
     steps_per_epoch = max(1, math.ceil(micro_batches / training.gradient_accumulation_steps))
     total = training.max_steps or epochs * steps_per_epoch
-    return Plan(
+    return StepPlan(
         epochs=epochs if not training.max_steps else math.ceil(total / steps_per_epoch),
         batch_size=batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,

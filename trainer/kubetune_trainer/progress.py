@@ -1,6 +1,7 @@
 """Live progress: Prometheus /metrics and /progress JSON from one small HTTP server.
 
-The operator polls /progress (same port as /metrics) to fill FineTuneJob.status; Prometheus
+The operator polls /progress (same port as /metrics) to fill FineTuneJob.status; the document
+is `kubetune_api.protocol.ProgressReport`, the model the operator parses it with. Prometheus
 scrapes /metrics. Per-job labels are fine here: one trainer process serves one job.
 """
 
@@ -9,42 +10,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from pydantic.alias_generators import to_camel
+
+from kubetune_api.protocol import ProgressReport
 
 LABELS = ("finetunejob", "finetunejob_namespace")
-
-
-@dataclass
-class ProgressState:
-    """What the trainer knows about itself right now; /progress serves it as camelCase JSON."""
-
-    phase: str = "Initializing"  # Initializing Staging Preparing Evaluating Running Checkpointing Exporting Done
-    step: int = 0
-    total_steps: int = 0
-    epoch: float = 0.0
-    train_loss: float | None = None
-    eval_loss: float | None = None
-    baseline_eval_loss: float | None = None
-    learning_rate: float | None = None
-    tokens_per_second: float | None = None
-    trained_tokens: int = 0
-    eta_seconds: float | None = None
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    last_update_time: float = field(default_factory=time.time)
-
-    @property
-    def progress_ratio(self) -> float:
-        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        raw = asdict(self)
-        raw["progress_ratio"] = round(self.progress_ratio, 4)
-        return {to_camel(k): v for k, v in raw.items()}
 
 
 class TrainerMetrics:
@@ -84,20 +57,20 @@ class TrainerMetrics:
         for metric in (self.trained_tokens, self.checkpoints):
             metric.labels(**self.labels)  # export 0 before the first increment
 
-    def update(self, state: ProgressState, new_tokens: int = 0, new_checkpoints: int = 0) -> None:
+    def update(self, report: ProgressReport, new_tokens: int = 0, new_checkpoints: int = 0) -> None:
         lab = self.labels
-        self.step.labels(**lab).set(state.step)
-        self.total_steps.labels(**lab).set(state.total_steps)
-        self.epoch.labels(**lab).set(state.epoch)
-        self.progress_ratio.labels(**lab).set(state.progress_ratio)
-        self.last_update.labels(**lab).set(state.last_update_time)
+        self.step.labels(**lab).set(report.step)
+        self.total_steps.labels(**lab).set(report.total_steps)
+        self.epoch.labels(**lab).set(report.epoch)
+        self.progress_ratio.labels(**lab).set(report.progress_ratio)
+        self.last_update.labels(**lab).set(report.last_update_time)
         for gauge, value in (
-            (self.train_loss, state.train_loss),
-            (self.eval_loss, state.eval_loss),
-            (self.baseline_eval_loss, state.baseline_eval_loss),
-            (self.learning_rate, state.learning_rate),
-            (self.tokens_per_second, state.tokens_per_second),
-            (self.eta_seconds, state.eta_seconds),
+            (self.train_loss, report.train_loss),
+            (self.eval_loss, report.eval_loss),
+            (self.baseline_eval_loss, report.baseline_eval_loss),
+            (self.learning_rate, report.learning_rate),
+            (self.tokens_per_second, report.tokens_per_second),
+            (self.eta_seconds, report.eta_seconds),
         ):
             if value is not None:
                 gauge.labels(**lab).set(value)
@@ -112,24 +85,27 @@ class TrainerMetrics:
 
 
 class ProgressReporter:
-    """Holds the state, mirrors it into metrics, and serves both over HTTP when asked."""
+    """Holds the report, mirrors it into metrics, and serves both over HTTP when asked."""
 
     def __init__(self, job: str, namespace: str | None) -> None:
-        self.state = ProgressState()
+        self.report = ProgressReport()
         self.metrics = TrainerMetrics(job, namespace)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
     def update(self, new_tokens: int = 0, new_checkpoints: int = 0, **changes: Any) -> None:
+        """Change fields of the report by their field names (a name the report lacks is an error)."""
+        unknown = changes.keys() - ProgressReport.model_fields.keys()
+        if unknown:
+            raise TypeError(f"ProgressReport has no field(s) {sorted(unknown)}")
         with self._lock:
-            for key, value in changes.items():
-                setattr(self.state, key, value)
-            self.state.last_update_time = time.time()
-            self.metrics.update(self.state, new_tokens, new_checkpoints)
+            self.report = self.report.model_copy(update={**changes, "last_update_time": time.time()})
+            self.metrics.update(self.report, new_tokens, new_checkpoints)
 
     def snapshot(self) -> dict[str, Any]:
+        """The /progress document (camelCase)."""
         with self._lock:
-            return self.state.to_json()
+            return self.report.to_wire()
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP server in a daemon thread; returns the bound port."""

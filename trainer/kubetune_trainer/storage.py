@@ -6,6 +6,11 @@ CompleteMultipartUpload publish a whole object or nothing, and local writes go
 through a temporary file and `os.replace`. Credentials come only from boto3's
 default chain (env vars from a Secret, IRSA web identity, instance profile);
 they are never part of the config.
+
+A folder of several files (a checkpoint, a cached model directory) is whole only once its
+`COMPLETE` marker exists (`Storage.mark_complete` / `Storage.is_complete`). The marker is
+written after every other file, so a kill at any moment leaves either a complete folder or
+one without a marker, which readers ignore and writers redo.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
 MiB = 1024 * 1024
 # Parallel multipart for big weight files; small files go in one request.
 TRANSFER = TransferConfig(multipart_threshold=64 * MiB, multipart_chunksize=64 * MiB, max_concurrency=8)
-COMPLETE_MARKER = ".kubetune-complete"
+COMPLETE_MARKER = "COMPLETE"
 
 
 @dataclass(frozen=True)
@@ -113,19 +118,21 @@ def _s3_error(exc: Exception, uri: str) -> KubetuneError:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(4 * MiB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(4 * MiB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def fingerprint_dir(path: Path) -> dict[str, Any]:
+    """sha256 and size of every file under `path`, and one sha256 over that listing."""
+    files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
+    listing = {name: {"sha256": sha256_file(p), "size": p.stat().st_size} for name, p in files.items()}
+    digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+    return {"sha256": digest, "files": listing}
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
@@ -240,10 +247,10 @@ class Storage:
             return loc.path
         obj = self._head(loc)
         slot = self._cache_slot(uri, f"{obj.etag}:{obj.size}")
-        dest = slot / Path(loc.key).name
-        if not (slot / COMPLETE_MARKER).exists():
+        dest = slot / "data" / Path(loc.key).name
+        if not self.is_complete(str(slot)):
             self._download(loc, obj, dest)
-            (slot / COMPLETE_MARKER).write_text(json.dumps({"uri": uri, "etag": obj.etag, "size": obj.size}))
+            self.mark_complete(str(slot), {"uri": uri, "etag": obj.etag, "size": obj.size})
         else:
             log.info("cache hit for %s", uri)
         return dest
@@ -266,7 +273,7 @@ class Storage:
             raise NotFound(f"{uri}: no objects under this prefix")
         identity = "\n".join(f"{o.key}:{o.etag}:{o.size}" for o in sorted(objects, key=lambda o: o.key))
         slot = self._cache_slot(uri, identity)
-        if (slot / COMPLETE_MARKER).exists():
+        if self.is_complete(str(slot)):
             log.info("cache hit for %s", uri)
             return slot / "data"
         prefix = loc.key.rstrip("/") + "/" if loc.key.strip("/") else ""
@@ -274,7 +281,7 @@ class Storage:
             futures = [pool.submit(self._download, loc, o, slot / "data" / o.key[len(prefix) :]) for o in objects]
             for future in futures:
                 future.result()
-        (slot / COMPLETE_MARKER).write_text(json.dumps({"uri": uri, "objects": len(objects)}))
+        self.mark_complete(str(slot), {"uri": uri, "objects": len(objects)})
         return slot / "data"
 
     def fingerprint(self, uri: str) -> dict[str, Any]:
@@ -314,6 +321,13 @@ class Storage:
             return bytes(body).decode()
         assert loc.path is not None
         return loc.path.read_text() if loc.path.is_file() else None
+
+    def mark_complete(self, uri: str, record: dict[str, Any]) -> None:
+        """Declare the folder at `uri` whole; call after every other file is written."""
+        self.put_bytes(json.dumps(record).encode(), parse_uri(uri).join(COMPLETE_MARKER).uri)
+
+    def is_complete(self, uri: str) -> bool:
+        return self.read_text_uncached(parse_uri(uri).join(COMPLETE_MARKER).uri) is not None
 
     def list_children(self, uri: str) -> list[str]:
         """Names directly under a prefix / directory (one level), sorted."""

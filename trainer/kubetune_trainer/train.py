@@ -22,11 +22,11 @@ import torch
 from accelerate import Accelerator
 from peft import PeftModel
 
+from kubetune_api.protocol import CheckpointRecord, StepPlan, TrainerPhase
 from kubetune_api.spec import TrainingSpec
 from kubetune_trainer.checkpoint import CheckpointStore, TrainState
 from kubetune_trainer.errors import GPUOOM, Preempted
 from kubetune_trainer.packing import TrainSequence, batch_order, collate
-from kubetune_trainer.prepare import Plan
 from kubetune_trainer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class TrainContext:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     sequences: list[TrainSequence]
-    plan: Plan
+    plan: StepPlan
     training: TrainingSpec
     pad_id: int
     checkpoints: CheckpointStore
@@ -61,7 +61,7 @@ def build_optimizer(model: torch.nn.Module, training: TrainingSpec, device_type:
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSpec, plan: Plan) -> Any:
+def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSpec, plan: StepPlan) -> Any:
     from transformers import get_scheduler
 
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[training.lr_scheduler.value]
@@ -141,12 +141,11 @@ def _gpu_memory(ctx: TrainContext) -> None:
 def save_checkpoint(ctx: TrainContext, state: TrainState) -> None:
     ctx.accelerator.wait_for_everyone()
     if ctx.accelerator.is_main_process:
-        ctx.reporter.update(phase="Checkpointing")
+        ctx.reporter.update(phase=TrainerPhase.CHECKPOINTING)
         uri = ctx.checkpoints.save(ctx.accelerator.unwrap_model(ctx.model), ctx.optimizer, ctx.scheduler, state)
-        checkpoints = [*ctx.reporter.state.checkpoints, {"step": state.step, "uri": uri, "time": time.time()}]
-        ctx.reporter.update(
-            phase="Running", checkpoints=checkpoints[-ctx.training.keep_checkpoints :], new_checkpoints=1
-        )
+        saved = CheckpointRecord(step=state.step, uri=uri, time=time.time())
+        checkpoints = [*ctx.reporter.report.checkpoints, saved][-ctx.training.keep_checkpoints :]
+        ctx.reporter.update(phase=TrainerPhase.RUNNING, checkpoints=checkpoints, new_checkpoints=1)
         log.info("checkpoint saved at step %d: %s", state.step, uri)
     ctx.accelerator.wait_for_everyone()
 
@@ -155,7 +154,7 @@ def train(ctx: TrainContext, state: TrainState) -> TrainState:
     plan, training, acc = ctx.plan, ctx.training, ctx.accelerator
     ctx.model.train()
     meter = Throughput()
-    ctx.reporter.update(phase="Running", total_steps=plan.total_steps, step=state.step)
+    ctx.reporter.update(phase=TrainerPhase.RUNNING, total_steps=plan.total_steps, step=state.step)
     last_checkpoint_step = state.step
     while state.step < plan.total_steps and state.epoch < plan.epochs:
         order = batch_order(len(ctx.sequences), plan.batch_size * acc.num_processes, training.seed, state.epoch)

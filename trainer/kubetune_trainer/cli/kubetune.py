@@ -16,141 +16,29 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
+from kubetune_api.protocol import EvalResult, PreflightReport, RunSummary
 from kubetune_api.spec import FineTuneJob
-from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, load_manifest, trainer_config_from_job
-from kubetune_trainer.cli import configure_logging, pydantic_problems, read_text
-from kubetune_trainer.errors import InvalidSpec, KubetuneError
-from kubetune_trainer.preflight import validate_dataset
+from kubetune_api.trainer_config import (
+    ManifestError,
+    RuntimeOptions,
+    TrainerConfig,
+    load_manifest,
+    select_finetunejob,
+    trainer_config_from_job,
+)
+from kubetune_api.validation_messages import describe
+from kubetune_trainer.cli.common import configure_logging, read_text, serve_progress
+from kubetune_trainer.errors import InvalidSpec, KubetuneError, failure_summary
+
+if TYPE_CHECKING:
+    from kubetune_trainer.checkpoint import TrainState  # imports torch: only once training starts
 
 log = logging.getLogger("kubetune")
-
-
-class StrictLoader(yaml.SafeLoader):
-    """YAML that rejects duplicate keys, as kubectl's strict field validation does."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_manifest(path: Path) -> FineTuneJob:
-    text = read_text(path, "manifest")
-    try:
-        docs = [d for d in yaml.load_all(text, Loader=StrictLoader) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise InvalidSpec(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
-    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
-    if len(jobs) != 1:
-        raise InvalidSpec(f"{path}: expected exactly one FineTuneJob document, found {len(jobs)}")
-    try:
-        return load_manifest(jobs[0])
-    except ValidationError as exc:
-        raise InvalidSpec(f"{path}: {pydantic_problems(exc)}") from exc
-
-
-def config_for(path: Path, runtime: RuntimeOptions) -> TrainerConfig:
-    return trainer_config_from_job(read_manifest(path), runtime, base_dir=path.resolve().parent)
-
-
-def _print_validation(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{report['job']}: dataset and plan", show_header=False)
-    for section in ("data", "plan"):
-        for key, value in report[section].items():
-            table.add_row(key, str(value))
-    Console().print(table)
-
-
-def _print_summary(summary: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    base, tuned = summary.eval.get("baseline") or {}, summary.eval.get("finetuned") or {}
-    table = Table(title=f"{summary.job}: evaluation on held-out rows")
-    table.add_column("metric")
-    table.add_column("base model", justify="right")
-    table.add_column("fine-tuned", justify="right")
-    for key, label, fmt in (
-        ("loss", "eval loss", "{:.4f}"),
-        ("perplexity", "perplexity", "{:.2f}"),
-        ("exact_match", "exact match", "{:.1%}"),
-    ):
-        if key in base or key in tuned:
-            table.add_row(label, *(fmt.format(d[key]) if d.get(key) is not None else "-" for d in (base, tuned)))
-    console.print(table)
-    console.print(
-        f"steps: {summary.step}, trained tokens: {summary.trained_tokens:,}, time: {summary.duration_seconds:.1f}s"
-    )
-    console.print(f"adapter:  {summary.adapter_uri}")
-    console.print(f"manifest: {summary.manifest_uri}")
-
-
-def run(config: TrainerConfig, overwrite: bool) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from kubetune_trainer.pipeline import failure_summary, run_training
-    from kubetune_trainer.progress import ProgressReporter
-    from kubetune_trainer.storage import Storage, parse_uri
-
-    if overwrite:
-        Storage(config.storage, config.runtime.cache_dir).delete_prefix(parse_uri(config.output.uri).uri)
-    reporter = ProgressReporter(config.job_name, config.namespace)
-    if config.runtime.metrics_port is not None:
-        port = reporter.serve(config.runtime.metrics_host, config.runtime.metrics_port)
-        log.info("serving /metrics and /progress on port %d", port)
-    columns = (
-        TextColumn("[bold]training"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    started = time.time()
-    with Progress(*columns, disable=not config.runtime.progress_bar, transient=False) as bar:
-        task = bar.add_task("train", total=None, loss="-", tps="-")
-
-        def on_step(state: Any, info: dict[str, float]) -> None:
-            bar.update(
-                task,
-                completed=state.step,
-                total=reporter.state.total_steps,
-                loss=f"{info['loss']:.4f}",
-                tps=f"{info['tokens_per_second']:,.0f}",
-            )
-
-        def on_event(message: str) -> None:
-            bar.console.print(f"[dim]{time.time() - started:6.1f}s[/dim] {message}")
-
-        try:
-            summary = run_training(config, reporter, on_step=on_step, on_event=on_event)
-        except KubetuneError as exc:
-            failed = failure_summary(config.job_name, exc, started)
-            bar.console.print(f"[red]Failed: {exc.describe()}[/red]")
-            print(failed.to_json(), file=sys.stderr)
-            return exc.exit_code
-        finally:
-            reporter.close()
-    if summary.already_complete:
-        print(f"{config.output.uri} already holds a finished run; pass --overwrite to train again.")
-    _print_summary(summary)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_for(args.manifest, runtime)
         if args.command == "validate":
-            report = validate_dataset(config)
+            from kubetune_trainer.validate import validate_job  # loads a tokenizer: not for --help
+
+            report = validate_job(config)
             if args.json:
-                print(json.dumps(report, indent=2))
+                print(json.dumps(report.to_wire(), indent=2))
             else:
                 _print_validation(report)
             return 0
@@ -190,6 +80,130 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.describe()}", file=sys.stderr)
         return exc.exit_code
     return run(config, overwrite=args.overwrite)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML that rejects duplicate keys, as kubectl's strict field validation does."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_manifest(path: Path) -> FineTuneJob:
+    text = read_text(path, "manifest")
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=StrictLoader) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise InvalidSpec(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    try:
+        document = select_finetunejob(docs)
+    except ManifestError as exc:
+        raise InvalidSpec(f"{path}: {exc}") from exc
+    try:
+        return load_manifest(document)
+    except ValidationError as exc:
+        raise InvalidSpec(f"{path}: {describe(exc, FineTuneJob)}") from exc
+
+
+def config_for(path: Path, runtime: RuntimeOptions) -> TrainerConfig:
+    return trainer_config_from_job(read_manifest(path), runtime, base_dir=path.resolve().parent)
+
+
+def _print_validation(report: PreflightReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report.job}: dataset and plan", show_header=False)
+    for section in (report.data, report.plan):
+        for key, value in section.model_dump(by_alias=False).items():
+            table.add_row(key, str(value))
+    Console().print(table)
+
+
+def _print_summary(summary: RunSummary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    evals = summary.eval
+    base = (evals.baseline if evals else None) or EvalResult()
+    tuned = (evals.finetuned if evals else None) or EvalResult()
+    table = Table(title=f"{summary.job}: evaluation on held-out rows")
+    table.add_column("metric")
+    table.add_column("base model", justify="right")
+    table.add_column("fine-tuned", justify="right")
+    for label, fmt, values in (
+        ("eval loss", "{:.4f}", (base.loss, tuned.loss)),
+        ("perplexity", "{:.2f}", (base.perplexity, tuned.perplexity)),
+        ("exact match", "{:.1%}", (base.exact_match, tuned.exact_match)),
+    ):
+        if any(value is not None for value in values):
+            table.add_row(label, *(fmt.format(value) if value is not None else "-" for value in values))
+    console.print(table)
+    console.print(
+        f"steps: {summary.step}, trained tokens: {summary.trained_tokens:,}, time: {summary.duration_seconds:.1f}s"
+    )
+    console.print(f"adapter:  {summary.adapter_uri}")
+    console.print(f"manifest: {summary.manifest_uri}")
+
+
+def run(config: TrainerConfig, overwrite: bool) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from kubetune_trainer.progress import ProgressReporter
+    from kubetune_trainer.recipe import run_training
+    from kubetune_trainer.storage import Storage, parse_uri
+
+    if overwrite:
+        Storage(config.storage, config.runtime.cache_dir).delete_prefix(parse_uri(config.output.uri).uri)
+    reporter = ProgressReporter(config.job_name, config.namespace)
+    serve_progress(reporter, config.runtime)
+    columns = (
+        TextColumn("[bold]training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    started = time.time()
+    with Progress(*columns, disable=not config.runtime.progress_bar, transient=False) as bar:
+        task = bar.add_task("train", total=None, loss="-", tps="-")
+
+        def on_step(state: TrainState, info: dict[str, float]) -> None:
+            bar.update(
+                task,
+                completed=state.step,
+                total=reporter.report.total_steps,
+                loss=f"{info['loss']:.4f}",
+                tps=f"{info['tokens_per_second']:,.0f}",
+            )
+
+        def on_event(message: str) -> None:
+            bar.console.print(f"[dim]{time.time() - started:6.1f}s[/dim] {message}")
+
+        try:
+            summary = run_training(config, reporter, on_step=on_step, on_event=on_event)
+        except KubetuneError as exc:
+            failed = failure_summary(config.job_name, exc, started)
+            bar.console.print(f"[red]Failed: {exc.describe()}[/red]")
+            print(failed.to_termination_message(), file=sys.stderr)
+            return exc.exit_code
+        finally:
+            reporter.close()
+    if summary.already_complete:
+        print(f"{config.output.uri} already holds a finished run; pass --overwrite to train again.")
+    _print_summary(summary)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """`kubetune-train --config trainer.json`: the trainer pod's entrypoint (also usable alone).
 
 Exit codes (see errors.py): 0 ok, 10-19 user error, 20-29 infrastructure error, 143 stopped
-by SIGTERM after a checkpoint. The summary JSON goes to the termination-message path.
+by SIGTERM after a checkpoint. The outcome (a RunSummary, or with --validate-only a
+PreflightReport) goes to the termination-message path and to stdout.
+
+Multi-GPU: `accelerate launch -m kubetune_trainer.cli.kubetune_train --config trainer.json`.
 """
 
 from __future__ import annotations
@@ -10,129 +13,22 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from kubetune_api.protocol import RunSummary
 from kubetune_api.trainer_config import TrainerConfig
-from kubetune_trainer.errors import InvalidSpec, KubetuneError
-from kubetune_trainer.pipeline import Summary, failure_summary, run_training
+from kubetune_api.validation_messages import describe
+from kubetune_trainer.cli.common import configure_logging, read_text, serve_progress, write_termination_message
+from kubetune_trainer.errors import InvalidSpec, KubetuneError, failure_summary
 from kubetune_trainer.progress import ProgressReporter
+from kubetune_trainer.signals import sigterm_sets
 
 log = logging.getLogger("kubetune")
-
-TERMINATION_MESSAGE_LIMIT = 4096
-
-
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "matplotlib", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Library progress bars and deprecation chatter drown the trainer's own output.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    except ImportError:  # validate-only installs without transformers
-        pass
-
-
-def pydantic_problems(exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem, naming the field by its wire (camelCase) path."""
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"])
-        lines.append(f"{prefix}{path}: {err['msg']}")
-    return "; ".join(lines)
-
-
-class ConfigError(InvalidSpec):
-    """An unusable trainer.json; carries the termination-message path when it could be read."""
-
-    def __init__(self, message: str, termination_message_path: str | None = None) -> None:
-        super().__init__(message)
-        self.termination_message_path = termination_message_path
-
-
-def read_text(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidSpec(f"{path}: cannot read the {what}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidSpec(f"{path}: the {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-
-
-def load_config(path: Path) -> TrainerConfig:
-    text = read_text(path, "trainer config")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidSpec(f"{path} line {exc.lineno}: invalid JSON: {exc.msg}") from exc
-    try:
-        return TrainerConfig.model_validate(raw)
-    except ValidationError as exc:
-        runtime = raw.get("runtime") if isinstance(raw, dict) else None
-        termination = runtime.get("termination_message_path") if isinstance(runtime, dict) else None
-        raise ConfigError(
-            f"{path}: {pydantic_problems(exc)}", termination if isinstance(termination, str) else None
-        ) from exc
-
-
-def write_termination_message(path: str | None, text: str) -> None:
-    if not path:
-        return
-    try:
-        Path(path).write_text(text[:TERMINATION_MESSAGE_LIMIT])
-    except OSError as exc:  # never let reporting hide the real outcome
-        log.warning("cannot write termination message to %s: %s", path, exc)
-
-
-def report_failure(job: str, exc: KubetuneError, started: float, termination_message_path: str | None) -> int:
-    """Log the error, leave the failure summary where the operator and the user look, return the exit code."""
-    log.error("%s", exc.describe())
-    failed = failure_summary(job, exc, started)
-    write_termination_message(termination_message_path, failed.to_json(TERMINATION_MESSAGE_LIMIT))
-    print(failed.to_json(), file=sys.stderr)
-    return exc.exit_code
-
-
-def train_from_config(config: TrainerConfig, reporter: ProgressReporter) -> tuple[Summary, int]:
-    started = time.time()
-    try:
-        summary = run_training(config, reporter)
-        return summary, 0
-    except KubetuneError as exc:
-        log.error("%s", exc.describe())
-        return failure_summary(config.job_name, exc, started), exc.exit_code
-
-
-def preflight(config: TrainerConfig, plan_device: str | None = None, world_size: int = 1) -> int:
-    """Print the validation report; it is also the termination message the operator reads."""
-    from kubetune_trainer.preflight import validate_dataset
-
-    started = time.time()
-    try:
-        report = validate_dataset(config, plan_device, world_size)
-    except KubetuneError as exc:
-        return report_failure(config.job_name, exc, started, config.runtime.termination_message_path)
-    text = json.dumps({"status": "Validated", **report}, separators=(",", ":"))
-    write_termination_message(config.runtime.termination_message_path, text)
-    print(text, flush=True)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--validate-only",
         action="store_true",
-        help="preflight: check the data and plan the steps without loading weights or training",
+        help="check the data and plan the steps without loading weights or training (the operator's preflight)",
     )
     parser.add_argument(
         "--plan-for",
@@ -154,20 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = load_config(args.config)
+    except ConfigError as exc:
+        return report_failure(args.config.stem, exc, time.time(), exc.termination_message_path)
     except KubetuneError as exc:
-        return report_failure(args.config.stem, exc, time.time(), getattr(exc, "termination_message_path", None))
+        return report_failure(args.config.stem, exc, time.time(), None)
 
     if args.validate_only:
-        return preflight(config, args.plan_for, args.world_size)
+        return validate_only(config, args.plan_for, args.world_size)
 
     reporter = ProgressReporter(config.job_name, config.namespace)
-    if config.runtime.metrics_port is not None:
-        port = reporter.serve(config.runtime.metrics_host, config.runtime.metrics_port)
-        log.info("serving /metrics and /progress on port %d", port)
+    serve_progress(reporter, config.runtime)
     try:
         summary, code = train_from_config(config, reporter)
-        write_termination_message(config.runtime.termination_message_path, summary.to_json(TERMINATION_MESSAGE_LIMIT))
-        print(summary.to_json(), flush=True)
+        write_termination_message(config.runtime.termination_message_path, summary.to_termination_message())
+        print(summary.to_termination_message(), flush=True)
         if config.runtime.metrics_port is not None:
             linger(config.runtime.metrics_linger_seconds)
     finally:
@@ -175,19 +71,75 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+class ConfigError(InvalidSpec):
+    """An unusable trainer.json; carries the termination-message path when it could be read."""
+
+    def __init__(self, message: str, termination_message_path: str | None = None) -> None:
+        super().__init__(message)
+        self.termination_message_path = termination_message_path
+
+
+def load_config(path: Path) -> TrainerConfig:
+    text = read_text(path, "trainer config")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec(f"{path} line {exc.lineno}: invalid JSON: {exc.msg}") from exc
+    try:
+        return TrainerConfig.model_validate(raw)
+    except ValidationError as exc:
+        # The config is bad, but where to report that may still be readable in it.
+        runtime = raw.get("runtime") if isinstance(raw, dict) else None
+        termination = runtime.get("termination_message_path") if isinstance(runtime, dict) else None
+        problems = describe(exc, TrainerConfig, by_alias=False)
+        raise ConfigError(f"{path}: {problems}", termination if isinstance(termination, str) else None) from exc
+
+
+def validate_only(config: TrainerConfig, plan_device: str | None = None, world_size: int = 1) -> int:
+    """--validate-only: print the PreflightReport; it is also the termination message the operator reads."""
+    from kubetune_trainer.validate import validate_job  # stages data and loads a tokenizer: not for --help
+
+    started = time.time()
+    try:
+        report = validate_job(config, plan_device, world_size)
+    except KubetuneError as exc:
+        return report_failure(config.job_name, exc, started, config.runtime.termination_message_path)
+    text = report.to_wire_json()
+    write_termination_message(config.runtime.termination_message_path, text)
+    print(text, flush=True)
+    return 0
+
+
+def train_from_config(config: TrainerConfig, reporter: ProgressReporter) -> tuple[RunSummary, int]:
+    from kubetune_trainer.recipe import run_training  # imports torch: not for --help or a bad config
+
+    started = time.time()
+    try:
+        return run_training(config, reporter), 0
+    except KubetuneError as exc:
+        log.error("%s", exc.describe())
+        return failure_summary(config.job_name, exc, started), exc.exit_code
+
+
+def report_failure(job: str, exc: KubetuneError, started: float, termination_message_path: str | None) -> int:
+    """Log the error, leave the failure summary where the operator and the user look, return the exit code."""
+    log.error("%s", exc.describe())
+    failed = failure_summary(job, exc, started)
+    write_termination_message(termination_message_path, failed.to_termination_message())
+    print(failed.to_termination_message(), file=sys.stderr)
+    return exc.exit_code
+
+
 def linger(seconds: float) -> None:
     """Keep the metrics server up a little after the run: the final eval loss exists only now,
     and a scraper (every 15-30 s) would otherwise never see it. SIGTERM ends the wait."""
     if seconds <= 0:
         return
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + seconds
+    with sigterm_sets(threading.Event()) as stop:
+        # Polled, not stop.wait(): the handler runs on this same thread, between sleeps.
         while not stop.is_set() and time.monotonic() < deadline:
             time.sleep(0.1)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,298 @@
+"""One LoRA fine-tuning run, as the steps of a recipe:
+
+    setup     stage model + data, prepare and plan, load the model, add LoRA, resume from the
+              newest complete checkpoint (or evaluate the base model)
+    train     the optimizer steps (train.py), checkpointing as it goes and on SIGTERM
+    evaluate  loss, perplexity and exact match on the validation rows
+    export    adapter, tokenizer, reports and the provenance manifest, manifest.json last
+
+`run_training` is what both `kubetune-train` (in a pod) and `kubetune run` (on a laptop)
+call. It returns a RunSummary, or raises a KubetuneError that says what went wrong and
+whether it is the user's to fix. Imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from kubetune_api.protocol import EvalResult, Evaluations, RunStatus, RunSummary, TrainerPhase
+from kubetune_api.trainer_config import TrainerConfig
+from kubetune_trainer import export, modeling
+from kubetune_trainer.checkpoint import CheckpointStore, TrainState, resume_key
+from kubetune_trainer.evaluate import eval_loss, exact_match
+from kubetune_trainer.inputs import JobInputs, load_inputs
+from kubetune_trainer.progress import ProgressReporter
+from kubetune_trainer.signals import sigterm_sets
+from kubetune_trainer.storage import Storage, fingerprint_dir
+from kubetune_trainer.train import StepCallback, TrainContext, build_optimizer, build_scheduler, train
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH_SIZE = 8
+
+
+def run_training(
+    config: TrainerConfig,
+    reporter: ProgressReporter | None = None,
+    on_step: StepCallback | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Run one job in a scratch folder; SIGTERM checkpoints and stops it (Preempted)."""
+    reporter = reporter or ProgressReporter(config.job_name, config.namespace)
+    with (
+        sigterm_sets(threading.Event()) as stop,
+        tempfile.TemporaryDirectory(prefix="kubetune-", dir=config.runtime.work_dir) as tmp,
+    ):
+        return LoRAFinetuneRecipe(config, reporter, stop, Path(tmp), on_step=on_step, on_event=on_event).run()
+
+
+@dataclass
+class Session:
+    """What setup() built and the later steps use."""
+
+    accelerator: Accelerator
+    numerics: modeling.Numerics
+    inputs: JobInputs
+    model: Any  # the PEFT model as accelerate prepared it (wrapped for DDP on several ranks)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    checkpoints: CheckpointStore
+    state: TrainState
+    resumed_from: int | None  # the checkpoint step, or None for a fresh start
+    model_fingerprint: dict[str, Any]
+    data_fingerprints: list[dict[str, Any]]
+
+
+class LoRAFinetuneRecipe:
+    def __init__(
+        self,
+        config: TrainerConfig,
+        reporter: ProgressReporter,
+        stop: threading.Event,
+        work_dir: Path,
+        on_step: StepCallback | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.reporter = reporter
+        self.stop = stop
+        self.work_dir = work_dir
+        self.on_step = on_step
+        self.on_event = on_event or (lambda message: log.info("%s", message))
+        self.storage = Storage(config.storage, config.runtime.cache_dir)
+        self.timings: dict[str, float] = {}
+        self.started = time.time()
+        self.model: Any = None  # the trained PEFT model, kept for callers that use it in memory
+
+    def run(self) -> RunSummary:
+        done = export.existing_result(self.storage, self.config)
+        if done is not None:
+            self.on_event(f"{self.config.output.uri} already holds a finished run; nothing to do")
+            return done
+        session = self.setup()
+        if session.resumed_from is None:
+            session.state.baseline = self.evaluate(session, "baseline")
+        self.reporter.update(
+            baseline_eval_loss=(session.state.baseline or {}).get("loss"), total_steps=session.inputs.plan.total_steps
+        )
+        self.train(session)
+        finetuned = self.evaluate(session, "fine-tuned")
+        self.reporter.update(eval_loss=finetuned.get("loss"))
+        summary = self.export(session, {"baseline": session.state.baseline or {}, "finetuned": finetuned})
+        self.reporter.update(phase=TrainerPhase.DONE)
+        return summary
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    def setup(self) -> Session:
+        cfg = self.config
+        device_type = "cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"
+        numerics = modeling.choose_numerics(cfg.training.precision, device_type)
+        accelerator = Accelerator(mixed_precision=numerics.mixed_precision, cpu=device_type == "cpu")
+        with self._phase(TrainerPhase.STAGING):
+            self.storage.check_writable(cfg.output.uri)  # before any download: a wrong bucket fails first
+        inputs = load_inputs(cfg, self.storage, device_type, accelerator.num_processes, phase=self._phase)
+        stats, plan = inputs.data.stats, inputs.plan
+        self.on_event(
+            f"staged model and data in {self.timings[TrainerPhase.STAGING]:.1f}s; "
+            f"data: {stats.train_rows} train / {stats.validation_rows} validation rows ({stats.format}), "
+            f"{stats.train_tokens} tokens, {stats.truncated_rows} truncated, {stats.dropped_rows} dropped"
+        )
+
+        set_seed(cfg.training.seed)
+        with self._phase(TrainerPhase.LOADING):
+            base = modeling.load_model(inputs.model_dir, numerics, cfg.training.gradient_checkpointing)
+            model = modeling.add_lora(base, cfg.lora)
+            model_fingerprint = fingerprint_dir(inputs.model_dir)
+            data_uris = [uri for uri in (cfg.dataset.train, cfg.dataset.validation) if uri]
+            data_fingerprints = [self.storage.fingerprint(uri) for uri in data_uris]
+        trainable, total = modeling.count_parameters(model)
+        self.on_event(
+            f"model: {total:,} parameters, {trainable:,} trainable (LoRA r={cfg.lora.r}); "
+            f"{_precision_name(numerics)} on {device_type}, attention {numerics.attn_implementation}; "
+            f"{plan.total_steps} steps ({plan.epochs} epochs x {plan.steps_per_epoch}), "
+            f"batch {plan.batch_size} x accumulation {plan.gradient_accumulation_steps}"
+        )
+
+        optimizer = build_optimizer(model, cfg.training, device_type)
+        scheduler = build_scheduler(optimizer, cfg.training, plan)
+        prepared_model, optimizer = accelerator.prepare(model, optimizer)
+        self.model = accelerator.unwrap_model(prepared_model)
+        checkpoints = CheckpointStore(self.storage, cfg.output.uri, cfg.training.keep_checkpoints)
+        key = resume_key(
+            cfg, model_fingerprint["sha256"], [fp.get("sha256") or fp.get("etag", "") for fp in data_fingerprints]
+        )
+        state = TrainState(resume_key=key, attempt=cfg.runtime.attempt)
+        latest = checkpoints.latest()
+        if latest is not None:
+            state = checkpoints.load(latest, self.model, optimizer, scheduler, key)
+            state.attempt = cfg.runtime.attempt
+            self.on_event(f"resumed from checkpoint step {latest} (epoch {state.epoch}, batch {state.micro_batch})")
+        return Session(
+            accelerator=accelerator,
+            numerics=numerics,
+            inputs=inputs,
+            model=prepared_model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            checkpoints=checkpoints,
+            state=state,
+            resumed_from=latest,
+            model_fingerprint=model_fingerprint,
+            data_fingerprints=data_fingerprints,
+        )
+
+    def train(self, session: Session) -> None:
+        ctx = TrainContext(
+            accelerator=session.accelerator,
+            model=session.model,
+            optimizer=session.optimizer,
+            scheduler=session.scheduler,
+            sequences=session.inputs.data.train,
+            plan=session.inputs.plan,
+            training=self.config.training,
+            pad_id=int(session.inputs.tokenizer.pad_token_id),
+            checkpoints=session.checkpoints,
+            reporter=self.reporter,
+            stop=self.stop,
+            on_step=self.on_step,
+        )
+        started = time.perf_counter()
+        session.state = train(ctx, session.state)
+        self.timings["Training"] = round(time.perf_counter() - started, 3)
+
+    def evaluate(self, session: Session, label: str) -> dict[str, Any]:
+        """Loss and perplexity (and exact match, when asked) on the validation rows; {} without them.
+
+        The full result, exact-match examples included, is what eval.json and the model card show.
+        """
+        data, tokenizer, accelerator = session.inputs.data, session.inputs.tokenizer, session.accelerator
+        if not data.validation:
+            self.on_event(f"{label}: no validation rows")
+            return {}
+        evaluation = self.config.evaluation
+        with self._phase(TrainerPhase.EVALUATING), accelerator.autocast():
+            pad_id = int(tokenizer.pad_token_id)
+            result: dict[str, Any] = eval_loss(
+                session.model, data.validation, EVAL_BATCH_SIZE, pad_id, accelerator.device
+            )
+            if evaluation.exact_match:
+                result |= exact_match(
+                    accelerator.unwrap_model(session.model),
+                    tokenizer,
+                    session.inputs.encoder,
+                    data.validation_rows,
+                    evaluation.max_samples,
+                    evaluation.max_new_tokens,
+                    accelerator.device,
+                )
+        self.on_event(f"{label}: {_describe(result)}")
+        return result
+
+    def export(self, session: Session, evals: dict[str, dict[str, Any]]) -> RunSummary:
+        """Publish the artifacts (rank 0 only) and say how the run ended."""
+        cfg, state, accelerator = self.config, session.state, session.accelerator
+        evaluations = Evaluations(
+            baseline=EvalResult.model_validate(evals["baseline"]),
+            finetuned=EvalResult.model_validate(evals["finetuned"]),
+        )
+        summary = RunSummary(
+            status=RunStatus.SUCCEEDED,
+            job=cfg.job_name,
+            step=state.step,
+            total_steps=session.inputs.plan.total_steps,
+            trained_tokens=state.trained_tokens,
+            train_loss=state.loss_history[-1]["loss"] if state.loss_history else None,
+            eval=evaluations,
+        )
+        if accelerator.is_main_process:
+            with self._phase(TrainerPhase.EXPORTING):
+                out = self.work_dir / "export"
+                self._save_model(out, session)
+                export.write_reports(out, cfg, state, session.inputs.data.stats, evals)
+                manifest = export.build_manifest(
+                    cfg,
+                    state=state,
+                    plan=session.inputs.plan,
+                    numerics=session.numerics,
+                    device=accelerator.device.type,
+                    processes=accelerator.num_processes,
+                    model_fingerprint=session.model_fingerprint,
+                    data_fingerprints=session.data_fingerprints,
+                    stats=session.inputs.data.stats,
+                    evaluations=evaluations,
+                    timings=self.timings,
+                )
+                published = export.publish(self.storage, out, cfg.output.uri, manifest)
+            summary.adapter_uri, summary.manifest_uri = published.adapter_uri, published.manifest_uri
+        accelerator.wait_for_everyone()
+        summary.duration_seconds = round(time.time() - self.started, 2)
+        return summary
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _save_model(self, out: Path, session: Session) -> None:
+        """The adapter and tokenizer (and, when asked, merged full weights) into `out`."""
+        out.mkdir(parents=True, exist_ok=True)
+        peft_model = session.accelerator.unwrap_model(session.model)
+        tokenizer = session.inputs.tokenizer
+        peft_model.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.padding_side = "right"
+        tokenizer.save_pretrained(str(out))
+        if self.config.output.merge_adapter:
+            merged = peft_model.merge_and_unload()
+            merged.save_pretrained(str(out / "merged"), safe_serialization=True)
+            tokenizer.save_pretrained(str(out / "merged"))
+
+    @contextmanager
+    def _phase(self, phase: TrainerPhase) -> Iterator[None]:
+        """Report the phase and add its wall time to the manifest's timings."""
+        self.reporter.update(phase=phase)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = round(self.timings.get(phase, 0.0) + time.perf_counter() - started, 3)
+
+
+def _precision_name(numerics: modeling.Numerics) -> str:
+    return "fp32" if numerics.mixed_precision == "no" else numerics.mixed_precision
+
+
+def _describe(result: dict[str, Any]) -> str:
+    parts = [f"eval loss {result['loss']:.4f}", f"perplexity {result['perplexity']:.2f}"]
+    if result.get("exact_match") is not None:
+        parts.append(f"exact match {result['exact_match']:.1%} of {result['samples']}")
+    return ", ".join(parts)

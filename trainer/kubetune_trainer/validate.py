@@ -1,0 +1,34 @@
+"""Everything that can be known about a job without a GPU or the model weights.
+
+`kubetune-train --validate-only` (the operator's CPU preflight Job) and `kubetune validate`
+run this: stage only the tokenizer and config files, validate every row, count tokens,
+truncation and packing, plan the steps and, when planning for a GPU, estimate its memory.
+The result is a `kubetune_api.protocol.PreflightReport`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from kubetune_api.protocol import PreflightReport
+from kubetune_api.trainer_config import TrainerConfig
+from kubetune_trainer.inputs import load_inputs
+from kubetune_trainer.memory import estimate_memory
+from kubetune_trainer.modeling import TOKENIZER_FILES
+from kubetune_trainer.storage import Storage
+
+
+def validate_job(config: TrainerConfig, plan_device: str | None = None, world_size: int = 1) -> PreflightReport:
+    """Row checks, tokens, steps and memory for the job as it will train.
+
+    `plan_device` is where training will run (the preflight itself runs on a CPU node), so
+    `batchSize: auto` and the step count match the real run.
+    """
+    device = plan_device or ("cuda" if config.runtime.device == "cuda" else "cpu")
+    storage = Storage(config.storage, config.runtime.cache_dir)
+    inputs = load_inputs(config, storage, device, world_size, model_files=frozenset(TOKENIZER_FILES))
+    model_config = json.loads((inputs.model_dir / "config.json").read_text())
+    memory = None
+    if device == "cuda" and "hidden_size" in model_config:
+        memory = estimate_memory(model_config, config.training, config.lora, inputs.plan.batch_size)
+    return PreflightReport(job=config.job_name, data=inputs.data.stats, plan=inputs.plan, memory=memory)
