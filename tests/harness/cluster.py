@@ -36,8 +36,9 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from .apiserver import RunningApiServer, now_rfc3339, random_suffix
+from .apiserver import RunningApiServer
 from .selectors import labels_match, parse_label_selector
+from .store import now_rfc3339, random_suffix
 
 log = logging.getLogger("kubetune.tests.cluster")
 
