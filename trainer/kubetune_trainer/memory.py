@@ -1,8 +1,8 @@
 """Peak GPU memory of one training rank, estimated from config.json before a GPU is requested.
 
-Pure arithmetic (no torch, no weights), so the CPU preflight (`validate.validate_job`) can
-warn that a job will not fit. Expect ±30 %: allocator fragmentation and kernels' workspaces
-are folded into one overhead constant.
+Pure arithmetic (no torch, no weights), so validation (`validate.validate_job`, which the
+operator's CPU preflight Job runs) can warn that a job will not fit. Expect ±30 %: allocator
+fragmentation and kernels' workspaces are folded into one overhead constant.
 """
 
 from __future__ import annotations

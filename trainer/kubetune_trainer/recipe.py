@@ -198,12 +198,17 @@ class LoRAFinetuneRecipe:
 
         The full result, exact-match examples included, is what eval.json and the model card show.
         """
+        with self._phase(TrainerPhase.EVALUATING):
+            result = self._evaluate_on_validation_rows(session)
+        self.on_event(f"{label}: {_describe(result)}")
+        return result
+
+    def _evaluate_on_validation_rows(self, session: Session) -> dict[str, Any]:
         data, tokenizer, accelerator = session.inputs.data, session.inputs.tokenizer, session.accelerator
         if not data.validation:
-            self.on_event(f"{label}: no validation rows")
             return {}
         evaluation = self.config.evaluation
-        with self._phase(TrainerPhase.EVALUATING), accelerator.autocast():
+        with accelerator.autocast():
             pad_id = int(tokenizer.pad_token_id)
             result: dict[str, Any] = eval_loss(
                 session.model, data.validation, EVAL_BATCH_SIZE, pad_id, accelerator.device
@@ -218,7 +223,6 @@ class LoRAFinetuneRecipe:
                     evaluation.max_new_tokens,
                     accelerator.device,
                 )
-        self.on_event(f"{label}: {_describe(result)}")
         return result
 
     def export(self, session: Session, evals: dict[str, dict[str, Any]]) -> RunSummary:
@@ -292,6 +296,8 @@ def _precision_name(numerics: modeling.Numerics) -> str:
 
 
 def _describe(result: dict[str, Any]) -> str:
+    if not result:
+        return "no validation rows"
     parts = [f"eval loss {result['loss']:.4f}", f"perplexity {result['perplexity']:.2f}"]
     if result.get("exact_match") is not None:
         parts.append(f"exact match {result['exact_match']:.1%} of {result['samples']}")
