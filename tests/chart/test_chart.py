@@ -213,10 +213,14 @@ def test_operator_settings_accept_the_env() -> None:
     assert names <= fields, names - fields
 
 
-def test_operator_settings_parse_the_rendered_env(rendered: dict[str, Rendered]) -> None:
+def test_operator_settings_parse_the_rendered_env(
+    rendered: dict[str, Rendered], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kubetune_operator.settings import OperatorSettings
 
-    settings = OperatorSettings.from_env(_env(rendered["namespaced"]))
+    for name, value in _env(rendered["namespaced"]).items():
+        monkeypatch.setenv(name, value)
+    settings = OperatorSettings()
     assert settings.namespace == RELEASE_NAMESPACE
     assert settings.health_port == 8080
     assert settings.trainer_image == "ghcr.io/kubetune/trainer:0.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ from kubetune_api.trainer_config import TrainerConfig, load_manifest, trainer_co
 from kubetune_operator.manifests import (
     KUEUE_QUEUE_LABEL,
     LABEL_JOB,
+    TRAINER_MODULE,
     Owner,
     attempt_objects,
     child_name,
@@ -174,10 +176,15 @@ def test_trainer_command_shapes() -> None:
     assert trainer_command(0, 1, None)[0] == "kubetune-train"
     assert trainer_command(1, 1, None)[0] == "kubetune-train"
     assert "--num_processes=2" in trainer_command(2, 1, None)
+    launched = trainer_command(2, 1, None)
+    assert launched[launched.index("-m") + 1] == TRAINER_MODULE == "kubetune_trainer.cli.kubetune_train"
+    assert importlib.util.find_spec(TRAINER_MODULE) is not None  # `accelerate launch -m` can find it
 
 
-def test_settings_from_env() -> None:
-    settings = OperatorSettings.from_env({"KUBETUNE_TRAINER_IMAGE": "x:1", "KUBETUNE_POLL_INTERVAL_SECONDS": "5"})
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBETUNE_TRAINER_IMAGE", "x:1")
+    monkeypatch.setenv("KUBETUNE_POLL_INTERVAL_SECONDS", "5")
+    settings = OperatorSettings()
     assert settings.trainer_image == "x:1" and settings.poll_interval_seconds == 5.0
     assert settings.preflight_image_or_default == "x:1"
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import generate_latest
 
-from kubetune_operator.main import parse_args, settings_from
+from kubetune_operator.cli.kubetune_operator import parse_args, settings_from
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.validation import validate
@@ -71,7 +72,10 @@ def test_pod_view_reads_index_port_times_and_termination() -> None:
     assert (view.index, view.metrics_port, view.ip, view.job_name) == (1, 9191, "10.1.2.3", "ft-train-2")
     assert view.observation.terminated_reason == "OOMKilled" and view.observation.exit_code == 137
     assert view.finished and view.deleting and not view.running
-    assert (view.started_at, view.finished_at) == ("2026-11-23T10:00:05Z", "2026-11-23T10:04:00Z")
+    assert (view.started_at, view.finished_at) == (
+        datetime(2026, 11, 23, 10, 0, 5, tzinfo=UTC),
+        datetime(2026, 11, 23, 10, 4, 0, tzinfo=UTC),
+    )
 
 
 def test_owner_key_needs_the_label() -> None:
@@ -114,9 +118,10 @@ def test_settings_come_from_env_and_flags_override(monkeypatch: pytest.MonkeyPat
         parse_args(["-n", "a", "-A"])
 
 
-def test_bad_settings_name_the_variable() -> None:
+def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBETUNE_POLL_INTERVAL_SECONDS", "-1")
     with pytest.raises(ValueError, match="poll_interval_seconds"):
-        OperatorSettings.from_env({"KUBETUNE_POLL_INTERVAL_SECONDS": "-1"})
+        OperatorSettings()
     assert isinstance(parse_args([]), argparse.Namespace)
 
 

@@ -1,120 +1,118 @@
-"""Pure status logic: conditions, and the table of pod states -> phase / reason / retry."""
+"""Pure status logic: conditions, and the table of pod states -> outcome / reason / retry."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import UTC, datetime
 
 import pytest
 
-from kubetune_operator.status import (
-    Outcome,
-    Phase,
-    PodObservation,
-    classify_pod,
-    condition_is,
-    eta_text,
-    observe_pod,
-    set_condition,
-)
+from kubetune_api.protocol import RunSummary
+from kubetune_api.status import Condition, ConditionType, FineTuneJobStatus
+from kubetune_operator.conditions import set_condition
+from kubetune_operator.pod_outcome import Outcome, PodObservation, classify_pod, observe_pod
+from kubetune_operator.status_from_reports import eta_text
 
-T0, T1 = "2026-11-22T10:00:00Z", "2026-11-22T10:05:00Z"
+T0, T1 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC), datetime(2026, 11, 22, 10, 5, 0, tzinfo=UTC)
+C = ConditionType
 
 
 def test_set_condition_moves_transition_time_only_when_status_flips() -> None:
-    conditions = set_condition([], "SpecValid", True, "Valid", "ok", 1, T0)
-    again = set_condition(conditions, "SpecValid", True, "StillValid", "ok", 2, T1)
+    conditions = set_condition([], C.SPEC_VALID, True, "Valid", "ok", 1, T0)
+    again = set_condition(conditions, C.SPEC_VALID, True, "StillValid", "ok", 2, T1)
     [c] = again
-    assert c["lastTransitionTime"] == T0 and c["reason"] == "StillValid" and c["observedGeneration"] == 2
-    flipped = set_condition(again, "SpecValid", False, "InvalidSpec", "bad", 3, T1)
-    assert flipped[0]["lastTransitionTime"] == T1 and flipped[0]["status"] == "False"
-    assert condition_is(conditions, "SpecValid") and not condition_is(flipped, "SpecValid")
+    assert c.last_transition_time == T0 and c.reason == "StillValid" and c.observed_generation == 2
+    flipped = set_condition(again, C.SPEC_VALID, False, "InvalidSpec", "bad", 3, T1)
+    assert flipped[0].last_transition_time == T1 and flipped[0].status == "False"
+    assert FineTuneJobStatus(conditions=conditions).condition_is(C.SPEC_VALID)
+    assert not FineTuneJobStatus(conditions=flipped).condition_is(C.SPEC_VALID)
 
 
 def test_set_condition_is_pure_and_ordered() -> None:
-    before: list[dict[str, Any]] = []
+    before: list[Condition] = []
     after = set_condition(
-        set_condition(before, "Running", True, "Started", "", 1, T0), "SpecValid", True, "Ok", "", 1, T0
+        set_condition(before, C.RUNNING, True, "Started", "", 1, T0), C.SPEC_VALID, True, "Ok", "", 1, T0
     )
-    assert before == [] and [c["type"] for c in after] == ["SpecValid", "Running"]
+    assert before == [] and [c.type for c in after] == ["SpecValid", "Running"]
 
 
 def term(reason: str, message: str = "x") -> str:
-    return json.dumps({"status": "Failed", "reason": reason, "message": message})
+    return json.dumps({"status": "Failed", "job": "ft", "reason": reason, "message": message})
 
 
-# (observation, phase, reason, retryable, user_error); None = still progressing
-POD_TABLE: list[tuple[str, PodObservation, tuple[Phase, str, bool, bool] | None]] = [
+OK, FAILED = True, False
+# (observation, (succeeded, reason, retryable, user_error)); None = still progressing
+POD_TABLE: list[tuple[str, PodObservation, tuple[bool, str, bool, bool] | None]] = [
     ("pending", PodObservation(), None),
     ("unschedulable-is-not-a-failure", PodObservation(unschedulable_message="0/3 nodes have nvidia.com/gpu"), None),
     ("running", PodObservation(phase="Running"), None),
-    ("image-pull", PodObservation(waiting_reason="ImagePullBackOff"), (Phase.FAILED, "ImagePullBackOff", False, True)),
-    ("err-image-pull", PodObservation(waiting_reason="ErrImagePull"), (Phase.FAILED, "ImagePullBackOff", False, True)),
+    ("image-pull", PodObservation(waiting_reason="ImagePullBackOff"), (FAILED, "ImagePullBackOff", False, True)),
+    ("err-image-pull", PodObservation(waiting_reason="ErrImagePull"), (FAILED, "ImagePullBackOff", False, True)),
     (
         "missing-secret",
         PodObservation(waiting_reason="CreateContainerConfigError"),
-        (Phase.FAILED, "InvalidSpec", False, True),
+        (FAILED, "InvalidSpec", False, True),
     ),
     (
         "succeeded",
         PodObservation(phase="Succeeded", exit_code=0, terminated_reason="Completed"),
-        (Phase.SUCCEEDED, "Succeeded", False, False),
+        (OK, "Succeeded", False, False),
     ),
     (
         "dataset-invalid",
         PodObservation(phase="Failed", exit_code=12, termination_message=term("DatasetInvalid")),
-        (Phase.FAILED, "DatasetInvalid", False, True),
+        (FAILED, "DatasetInvalid", False, True),
     ),
     (
         "s3-denied",
         PodObservation(phase="Failed", exit_code=15, termination_message=term("S3AccessDenied")),
-        (Phase.FAILED, "S3AccessDenied", False, True),
+        (FAILED, "S3AccessDenied", False, True),
     ),
     (
         "storage-5xx",
         PodObservation(phase="Failed", exit_code=21, termination_message=term("StorageError")),
-        (Phase.FAILED, "StorageError", True, False),
+        (FAILED, "StorageError", True, False),
     ),
     (
         "gpu-oom-not-retried",
         PodObservation(phase="Failed", exit_code=22, termination_message=term("GPUOOM")),
-        (Phase.FAILED, "GPUOOM", False, False),
+        (FAILED, "GPUOOM", False, False),
     ),
     (
         "host-oom",
         PodObservation(phase="Failed", exit_code=137, terminated_reason="OOMKilled"),
-        (Phase.FAILED, "OOMKilled", False, False),
+        (FAILED, "OOMKilled", False, False),
     ),
     (
         "sigterm-checkpointed",
         PodObservation(phase="Failed", exit_code=143, termination_message=term("Preempted")),
-        (Phase.FAILED, "Preempted", True, False),
+        (FAILED, "Preempted", True, False),
     ),
-    ("evicted", PodObservation(phase="Failed", pod_reason="Evicted"), (Phase.FAILED, "Preempted", True, False)),
+    ("evicted", PodObservation(phase="Failed", pod_reason="Evicted"), (FAILED, "Preempted", True, False)),
     (
         "preempted-by-scheduler",
         PodObservation(phase="Failed", exit_code=143, disruption_reason="PreemptionByScheduler"),
-        (Phase.FAILED, "Preempted", True, False),
+        (FAILED, "Preempted", True, False),
     ),
     (
         "deadline",
         PodObservation(phase="Failed", pod_reason="DeadlineExceeded"),
-        (Phase.FAILED, "DeadlineExceeded", False, True),
+        (FAILED, "DeadlineExceeded", False, True),
     ),
     (
         "sigkill",
         PodObservation(phase="Failed", exit_code=137, terminated_reason="Error"),
-        (Phase.FAILED, "Killed", True, False),
+        (FAILED, "Killed", True, False),
     ),
     (
         "unknown-crash",
         PodObservation(phase="Failed", exit_code=1, terminated_reason="Error"),
-        (Phase.FAILED, "Crashed", True, False),
+        (FAILED, "Crashed", True, False),
     ),
     (
         "user-error-without-message",
         PodObservation(phase="Failed", exit_code=11),
-        (Phase.FAILED, "InvalidSpec", False, True),
+        (FAILED, "InvalidSpec", False, True),
     ),
 ]
 
@@ -122,13 +120,13 @@ POD_TABLE: list[tuple[str, PodObservation, tuple[Phase, str, bool, bool] | None]
 @pytest.mark.parametrize(
     ("observation", "expected"), [(o, e) for _, o, e in POD_TABLE], ids=[i for i, _, _ in POD_TABLE]
 )
-def test_pod_state_table(observation: PodObservation, expected: tuple[Phase, str, bool, bool] | None) -> None:
+def test_pod_state_table(observation: PodObservation, expected: tuple[bool, str, bool, bool] | None) -> None:
     outcome = classify_pod(observation)
     if expected is None:
         assert outcome is None
         return
     assert isinstance(outcome, Outcome)
-    assert (outcome.phase, outcome.reason, outcome.retryable, outcome.user_error) == expected
+    assert (outcome.succeeded, outcome.reason, outcome.retryable, outcome.user_error) == expected
     assert not (outcome.retryable and outcome.user_error), "user errors are never retried"
 
 
@@ -139,7 +137,7 @@ def test_termination_message_summary_and_message_are_kept() -> None:
         )
     )
     assert outcome is not None and "train.jsonl line 3" in outcome.message
-    assert outcome.summary["reason"] == "DatasetInvalid"
+    assert isinstance(outcome.report, RunSummary) and outcome.report.reason == "DatasetInvalid"
 
 
 def test_observe_pod_reads_the_api_shape() -> None:

@@ -1,4 +1,4 @@
-"""The pure reconcile: observed FineTuneJob + children -> plan (status, creations, Events)."""
+"""The pure state machine: observed FineTuneJob + children -> decision (status, creations, Events)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,35 @@ from typing import Any
 
 import pytest
 
+from kubetune_api.protocol import (
+    CheckpointRecord,
+    DataStats,
+    MemoryEstimate,
+    PreflightReport,
+    ProgressReport,
+    StepPlan,
+)
+from kubetune_api.status import (
+    ArtifactsStatus,
+    CheckpointStatus,
+    Condition,
+    ConditionType,
+    ErrorStatus,
+    FineTuneJobStatus,
+    MemoryFit,
+    MetricsStatus,
+    Phase,
+    PreflightStatus,
+    ProgressStatus,
+    rfc3339,
+)
+from kubetune_operator.conditions import set_condition
+from kubetune_operator.decide import Decision, Snapshot, decide
 from kubetune_operator.manifests import Owner, labels, preflight_job_name, trainer_job_name
-from kubetune_operator.reconcile import Plan, Snapshot, decide, iso, merge_checkpoints, merge_patch, progress_url
+from kubetune_operator.patching import merge_patch
 from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.views import JobView, PodView, job_view, pod_view
+from kubetune_operator.status_from_reports import merge_checkpoints
+from kubetune_operator.views import JobView, PodView, job_view, pod_view, progress_url
 
 OWNER = Owner(name="ft", namespace="team", uid="uid-1")
 SETTINGS = OperatorSettings(poll_interval_seconds=5, gpu_memory_gib=80)
@@ -99,10 +124,10 @@ def kpod(
 
 def snap(
     raw_spec: JSON | None = None,
-    status: JSON | None = None,
+    status: FineTuneJobStatus | None = None,
     jobs: tuple[JobView, ...] = (),
     pods: tuple[PodView, ...] = (),
-    progress: JSON | None = None,
+    progress: ProgressReport | None = None,
     now: datetime = NOW,
     generation: int = 1,
 ) -> Snapshot:
@@ -111,7 +136,7 @@ def snap(
         namespace="team",
         generation=generation,
         spec=spec() if raw_spec is None else raw_spec,
-        status=status or {},
+        status=FineTuneJobStatus() if status is None else status,
         jobs=jobs,
         pods=pods,
         progress=progress,
@@ -119,43 +144,53 @@ def snap(
     )
 
 
-def conditions(plan: Plan) -> dict[str, JSON]:
-    return {c["type"]: c for c in plan.status.get("conditions", [])}
+def conditions(plan: Decision) -> dict[str, Condition]:
+    return {c.type: c for c in plan.status.conditions}
 
 
-def reasons(plan: Plan) -> list[str]:
+def reasons(plan: Decision) -> list[str]:
     return [e.reason for e in plan.events]
 
 
-def accepted(raw_spec: JSON | None = None, **status: Any) -> JSON:
-    """The status after admission (and, by default, a passed preflight)."""
+def accepted(raw_spec: JSON | None = None, **status: Any) -> FineTuneJobStatus:
+    """The status after admission (and, by default, a passed preflight); `status` sets typed fields."""
     plan = decide(snap(raw_spec), SETTINGS)
     out = plan.status
-    out["conditions"] = [
-        *out["conditions"],
-        {"type": "DataValidated", "status": "True", "reason": "Validated", "message": "ok"},
-    ]
-    return out | status
+    validated = set_condition(out.conditions, ConditionType.DATA_VALIDATED, True, "Validated", "ok", 1, NOW)
+    return out.model_copy(update={"conditions": validated, **status})
 
 
-PREFLIGHT_REPORT = json.dumps(
-    {
-        "status": "Validated",
-        "job": "ft",
-        "data": {
-            "format": "chat",
-            "train_rows": 900,
-            "validation_rows": 100,
-            "train_tokens": 123456,
-            "trainable_tokens": 60000,
-            "truncated_rows": 2,
-            "dropped_rows": 0,
-            "packing_efficiency": 0.97,
-        },
-        "plan": {"epochs": 3, "batch_size": 8, "total_steps": 340, "steps_per_epoch": 113},
-        "memory": {"total_bytes": 30 * 2**30},
-    }
+PREFLIGHT = PreflightReport(
+    job="ft",
+    data=DataStats(
+        format="chat",
+        train_rows=900,
+        validation_rows=100,
+        train_tokens=123456,
+        trainable_tokens=60000,
+        validation_tokens=13000,
+        truncated_rows=2,
+        dropped_rows=0,
+        max_row_tokens=512,
+        mean_row_tokens=137.2,
+        train_sequences=70,
+        packing_efficiency=0.97,
+    ),
+    plan=StepPlan(
+        epochs=3, batch_size=8, gradient_accumulation_steps=1, steps_per_epoch=113, total_steps=340, warmup_steps=10
+    ),
+    memory=MemoryEstimate(
+        model_parameters=1_235_814_400,
+        lora_parameters=11_272_192,
+        weights_bytes=2_471_628_800,
+        lora_training_bytes=180_355_072,
+        activation_bytes=1_000,
+        logits_bytes=2_000,
+        overhead_bytes=2**30,
+        total_bytes=30 * 2**30,
+    ),
 )
+PREFLIGHT_REPORT = PREFLIGHT.to_wire_json()
 
 
 # -- admission -----------------------------------------------------------------------------------
@@ -163,10 +198,11 @@ PREFLIGHT_REPORT = json.dumps(
 
 def test_invalid_spec_fails_with_every_field_named_and_creates_nothing() -> None:
     plan = decide(snap(spec(lora={"r": 0}, training={"learningRate": -1})), SETTINGS)
-    assert plan.status["phase"] == "Failed" and plan.status["error"]["reason"] == "InvalidSpec"
-    message = conditions(plan)["SpecValid"]["message"]
+    assert plan.status.phase == Phase.FAILED and plan.status.error is not None
+    assert plan.status.error.reason == "InvalidSpec"
+    message = conditions(plan)["SpecValid"].message
     assert "spec.lora.r" in message and "spec.training.learningRate" in message
-    assert conditions(plan)["SpecValid"]["status"] == "False"
+    assert conditions(plan)["SpecValid"].status == "False"
     assert not plan.create_preflight and plan.create_attempt is None
     assert [(e.type, e.reason) for e in plan.events] == [("Warning", "InvalidSpec")]
 
@@ -183,19 +219,21 @@ def test_invalid_spec_fails_with_every_field_named_and_creates_nothing() -> None
 )
 def test_cluster_rules_reject_what_cannot_run_in_a_pod(overrides: JSON, field: str) -> None:
     plan = decide(snap(spec(**overrides)), SETTINGS)
-    assert plan.status["phase"] == "Failed"
-    assert field in plan.status["error"]["message"]
+    assert plan.status.phase == Phase.FAILED and plan.status.error is not None
+    assert field in plan.status.error.message
 
 
 def test_valid_spec_is_accepted_then_preflight_starts_without_a_gpu_job() -> None:
     plan = decide(snap(), SETTINGS)
-    assert plan.status["acceptedSpec"]["baseModel"]["uri"] == "s3://models/llama/"
-    assert plan.status["acceptedSpec"]["lora"]["r"] == 16  # defaults made explicit
+    assert plan.status.accepted_spec is not None
+    assert plan.status.accepted_spec.base_model.uri == "s3://models/llama/"
+    assert plan.status.accepted_spec.lora.r == 16
+    assert plan.status.to_wire()["acceptedSpec"]["lora"]["r"] == 16  # defaults made explicit
     assert plan.create_preflight and plan.create_attempt is None
-    assert plan.status["phase"] == "Validating"
-    assert conditions(plan)["SpecValid"]["status"] == "True"
-    assert conditions(plan)["DataValidated"]["status"] == "False"
-    assert plan.status["observedGeneration"] == 1
+    assert plan.status.phase == Phase.VALIDATING
+    assert conditions(plan)["SpecValid"].status == "True"
+    assert conditions(plan)["DataValidated"].status == "False"
+    assert plan.status.observed_generation == 1
 
 
 # -- preflight -----------------------------------------------------------------------------------
@@ -204,7 +242,7 @@ def test_valid_spec_is_accepted_then_preflight_starts_without_a_gpu_job() -> Non
 def test_preflight_running_waits() -> None:
     status = decide(snap(), SETTINGS).status
     plan = decide(snap(status=status, jobs=(kjob("preflight", None),), pods=(kpod("preflight", None),)), SETTINGS)
-    assert plan.status["phase"] == "Validating"
+    assert plan.status.phase == Phase.VALIDATING
     assert not plan.create_preflight and plan.create_attempt is None and not plan.events
 
 
@@ -214,50 +252,52 @@ def test_passed_preflight_records_the_numbers_and_starts_attempt_one() -> None:
     plan = decide(
         snap(status=status, jobs=(kjob("preflight", None, condition=("Complete", "")),), pods=(done,)), SETTINGS
     )
-    assert plan.status["preflight"] == {
-        "format": "chat",
-        "trainRows": 900,
-        "validationRows": 100,
-        "trainTokens": 123456,
-        "trainableTokens": 60000,
-        "truncatedRows": 2,
-        "droppedRows": 0,
-        "packingEfficiency": 0.97,
-        "epochs": 3,
-        "batchSize": 8,
-        "estimatedSteps": 340,
-        "estimatedGpuMemoryBytes": 30 * 2**30,
-        "memoryFit": "Fits",
-    }
-    assert conditions(plan)["DataValidated"]["status"] == "True"
-    assert plan.create_attempt == 1 and plan.status["attempts"] == 1
+    assert plan.status.preflight == PreflightStatus(
+        format="chat",
+        train_rows=900,
+        validation_rows=100,
+        train_tokens=123456,
+        trainable_tokens=60000,
+        truncated_rows=2,
+        dropped_rows=0,
+        packing_efficiency=0.97,
+        epochs=3,
+        batch_size=8,
+        estimated_steps=340,
+        estimated_gpu_memory_bytes=30 * 2**30,
+        memory_fit=MemoryFit.FITS,
+    )
+    assert conditions(plan)["DataValidated"].status == "True"
+    assert plan.create_attempt == 1 and plan.status.attempts == 1
     assert plan.attempt_deadline_seconds == 86_400
-    assert plan.status["phase"] == "Initializing"
+    assert plan.status.phase == Phase.INITIALIZING
     assert "DataValidated" in reasons(plan)
 
 
 def test_memory_estimate_above_the_gpu_warns_but_does_not_fail() -> None:
-    report = json.loads(PREFLIGHT_REPORT)
-    report["memory"]["total_bytes"] = 200 * 2**30
+    assert PREFLIGHT.memory is not None
+    report = PREFLIGHT.model_copy(update={"memory": PREFLIGHT.memory.model_copy(update={"total_bytes": 200 * 2**30})})
     status = decide(snap(), SETTINGS).status
-    done = kpod("preflight", None, phase="Succeeded", exit_code=0, message=json.dumps(report))
+    done = kpod("preflight", None, phase="Succeeded", exit_code=0, message=report.to_wire_json())
     plan = decide(snap(status=status, jobs=(kjob("preflight", None),), pods=(done,)), SETTINGS)
-    assert plan.status["preflight"]["memoryFit"] == "MayNotFit"
+    assert plan.status.preflight is not None and plan.status.preflight.memory_fit == MemoryFit.MAY_NOT_FIT
     assert "MemoryMayNotFit" in reasons(plan) and plan.create_attempt == 1
 
 
 def test_bad_dataset_fails_in_preflight_and_no_gpu_job_is_created() -> None:
     status = decide(snap(), SETTINGS).status
-    failure = json.dumps({"status": "Failed", "reason": "DatasetInvalid", "message": "train.jsonl line 7: bad JSON"})
+    failure = json.dumps(
+        {"status": "Failed", "job": "ft", "reason": "DatasetInvalid", "message": "train.jsonl line 7: bad JSON"}
+    )
     bad = kpod("preflight", None, phase="Failed", exit_code=12, message=failure)
     plan = decide(snap(status=status, jobs=(kjob("preflight", None),), pods=(bad,)), SETTINGS)
-    assert plan.status["phase"] == "Failed"
-    assert plan.status["error"] == {
-        "reason": "DatasetInvalid",
-        "message": "preflight: train.jsonl line 7: bad JSON",
-        "exitCode": 12,
-    }
-    assert conditions(plan)["DataValidated"]["status"] == "False"
+    assert plan.status.phase == Phase.FAILED
+    assert plan.status.error == ErrorStatus(
+        reason="DatasetInvalid",
+        message="preflight: train.jsonl line 7: bad JSON",
+        exit_code=12,
+    )
+    assert conditions(plan)["DataValidated"].status == "False"
     assert plan.create_attempt is None
 
 
@@ -270,8 +310,8 @@ def test_unschedulable_preflight_is_a_condition_not_a_failure() -> None:
     status = decide(snap(), SETTINGS).status
     pending = kpod("preflight", None, phase="Pending", started=None, unschedulable="0/3 nodes: Insufficient cpu")
     plan = decide(snap(status=status, jobs=(kjob("preflight", None),), pods=(pending,)), SETTINGS)
-    assert plan.status["phase"] == "Validating"
-    assert conditions(plan)["Unschedulable"]["status"] == "True"
+    assert plan.status.phase == Phase.VALIDATING
+    assert conditions(plan)["Unschedulable"].status == "True"
 
 
 # -- queueing and suspension ---------------------------------------------------------------------
@@ -279,19 +319,19 @@ def test_unschedulable_preflight_is_a_condition_not_a_failure() -> None:
 
 def test_suspended_spec_creates_the_job_suspended() -> None:
     plan = decide(snap(spec(suspend=True, preflight={"enabled": False})), SETTINGS)
-    assert plan.create_attempt == 1 and plan.status["phase"] == "Suspended"
-    assert conditions(plan)["Suspended"]["status"] == "True"
+    assert plan.create_attempt == 1 and plan.status.phase == Phase.SUSPENDED
+    assert conditions(plan)["Suspended"].status == "True"
 
 
 def test_kueue_queue_gives_queued_until_kueue_unsuspends() -> None:
     raw = spec(queueName="gpu-queue")
     plan = decide(snap(raw, accepted(raw), jobs=(kjob(suspended=True),)), SETTINGS)
-    assert plan.status["phase"] == "Queued"
-    assert conditions(plan)["Admitted"]["status"] == "False"
+    assert plan.status.phase == Phase.QUEUED
+    assert conditions(plan)["Admitted"].status == "False"
     assert plan.suspend == {}  # Kueue admits, not the operator
     admitted = decide(snap(raw, plan.status, jobs=(kjob(),), pods=(kpod(phase="Pending", started=None),)), SETTINGS)
-    assert admitted.status["phase"] == "Initializing"
-    assert conditions(admitted)["Admitted"]["status"] == "True"
+    assert admitted.status.phase == Phase.INITIALIZING
+    assert conditions(admitted)["Admitted"].status == "True"
 
 
 def test_suspend_a_running_job_then_resume_it() -> None:
@@ -299,19 +339,19 @@ def test_suspend_a_running_job_then_resume_it() -> None:
     status = decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),)), SETTINGS).status
     suspended = decide(snap(spec(suspend=True), status, jobs=(kjob(active=1),), pods=(kpod(),)), SETTINGS)
     assert suspended.suspend == {"ft-train-1": True}
-    assert suspended.status["phase"] == "Suspended" and "Suspended" in reasons(suspended)
+    assert suspended.status.phase == Phase.SUSPENDED and "Suspended" in reasons(suspended)
     still = decide(snap(spec(suspend=True), suspended.status, jobs=(kjob(suspended=True),)), SETTINGS)
     assert still.suspend == {} and not still.events
     resumed = decide(snap(spec(suspend=False), still.status, jobs=(kjob(suspended=True),)), SETTINGS)
     assert resumed.suspend == {"ft-train-1": False}
-    assert resumed.status["phase"] == "Initializing"
-    assert conditions(resumed)["Suspended"]["status"] == "False"
+    assert resumed.status.phase == Phase.INITIALIZING
+    assert conditions(resumed)["Suspended"].status == "False"
 
 
 # -- running -------------------------------------------------------------------------------------
 
 
-def progress(**overrides: Any) -> JSON:
+def progress(**overrides: Any) -> ProgressReport:
     base: JSON = {
         "phase": "Running",
         "step": 40,
@@ -328,28 +368,30 @@ def progress(**overrides: Any) -> JSON:
         "progressRatio": 0.4,
         "lastUpdateTime": 1795000001.0,
     }
-    return base | overrides
+    return ProgressReport.model_validate(base | overrides)
 
 
 def test_progress_fills_status_and_checkpoint_condition() -> None:
     raw = spec()
     plan = decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),), progress=progress()), SETTINGS)
-    assert plan.status["phase"] == "Running"
-    assert plan.status["progress"] == {
-        "percent": "40%",
-        "step": 40,
-        "totalSteps": 100,
-        "epoch": 1.2,
-        "etaSeconds": 754,
-        "eta": "12m",
-        "tokensPerSecond": 8123.4,
-        "lastUpdateTime": iso(datetime.fromtimestamp(1795000001.0, UTC)),
-    }
-    assert plan.status["metrics"] == {"trainLoss": 1.2346, "baselineEvalLoss": 2.5, "learningRate": 0.0002}
-    assert plan.status["checkpoints"][0]["step"] == 40
-    assert conditions(plan)["CheckpointSaved"]["status"] == "True"
+    assert plan.status.phase == Phase.RUNNING
+    assert plan.status.progress == ProgressStatus(
+        percent="40%",
+        step=40,
+        total_steps=100,
+        epoch=1.2,
+        eta_seconds=754,
+        eta="12m",
+        tokens_per_second=8123.4,
+        last_update_time=datetime.fromtimestamp(1795000001.0, UTC),
+    )
+    wire = plan.status.to_wire()
+    assert wire["progress"]["lastUpdateTime"] == rfc3339(datetime.fromtimestamp(1795000001.0, UTC))
+    assert plan.status.metrics == MetricsStatus(train_loss=1.2346, baseline_eval_loss=2.5, learning_rate=0.0002)
+    assert plan.status.checkpoints[0].step == 40
+    assert conditions(plan)["CheckpointSaved"].status == "True"
     assert "CheckpointSaved" in reasons(plan) and "Running" in reasons(plan)
-    assert plan.status["startTime"] == iso(NOW)
+    assert plan.status.start_time == NOW and wire["startTime"] == rfc3339(NOW)
     again = decide(snap(raw, plan.status, jobs=(kjob(),), pods=(kpod(),), progress=progress()), SETTINGS)
     assert not again.events  # level-triggered: nothing new, nothing posted
 
@@ -369,7 +411,7 @@ def test_trainer_phases_map_to_job_phases(trainer_phase: str, step: int, phase: 
         snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),), progress=progress(phase=trainer_phase, step=step)),
         SETTINGS,
     )
-    assert plan.status["phase"] == phase
+    assert plan.status.phase == phase
 
 
 def test_a_missed_progress_poll_never_moves_the_phase_backwards() -> None:
@@ -379,7 +421,7 @@ def test_a_missed_progress_poll_never_moves_the_phase_backwards() -> None:
         snap(raw, running.status, jobs=(kjob(),), pods=(kpod(),), progress=progress(phase="Exporting")), SETTINGS
     )
     missed = decide(snap(raw, exporting.status, jobs=(kjob(),), pods=(kpod(),), progress=None), SETTINGS)
-    assert missed.status["phase"] == "Exporting" and not missed.events
+    assert missed.status.phase == Phase.EXPORTING and not missed.events
 
 
 def test_unschedulable_trainer_is_a_condition_while_pending() -> None:
@@ -388,8 +430,8 @@ def test_unschedulable_trainer_is_a_condition_while_pending() -> None:
         phase="Pending", started=None, unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
     )
     plan = decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(pending,)), SETTINGS)
-    assert plan.status["phase"] == "Initializing"
-    assert conditions(plan)["Unschedulable"]["status"] == "True"
+    assert plan.status.phase == Phase.INITIALIZING
+    assert conditions(plan)["Unschedulable"].status == "True"
     assert "Failed" not in conditions(plan)
 
 
@@ -410,16 +452,16 @@ def test_success_records_artifacts_metrics_and_completion() -> None:
     )
     done = kpod(phase="Succeeded", exit_code=0, message=summary)
     plan = decide(snap(raw, accepted(raw), jobs=(kjob(condition=("Complete", "")),), pods=(done,)), SETTINGS)
-    assert plan.status["phase"] == "Succeeded"
-    assert plan.status["artifacts"] == {
-        "outputUri": "s3://artifacts/run/",
-        "adapterUri": "s3://artifacts/run/adapter/",
-        "manifestUri": "s3://artifacts/run/manifest.json",
-    }
-    assert plan.status["metrics"] == {"trainLoss": 0.5, "evalLoss": 0.9, "baselineEvalLoss": 2.5}
-    assert plan.status["progress"]["percent"] == "100%"
-    assert plan.status["completionTime"] == iso(NOW)
-    assert conditions(plan)["Complete"]["status"] == "True"
+    assert plan.status.phase == Phase.SUCCEEDED
+    assert plan.status.artifacts == ArtifactsStatus(
+        output_uri="s3://artifacts/run/",
+        adapter_uri="s3://artifacts/run/adapter/",
+        manifest_uri="s3://artifacts/run/manifest.json",
+    )
+    assert plan.status.metrics == MetricsStatus(train_loss=0.5, eval_loss=0.9, baseline_eval_loss=2.5)
+    assert plan.status.progress is not None and plan.status.progress.percent == "100%"
+    assert plan.status.completion_time == NOW and plan.status.to_wire()["completionTime"] == rfc3339(NOW)
+    assert conditions(plan)["Complete"].status == "True"
     assert plan.requeue_after == 604_800  # the default ttlSecondsAfterFinished
 
 
@@ -431,20 +473,20 @@ def test_gpu_seconds_accumulate_over_pods() -> None:
     plan = decide(
         snap(raw, status, jobs=(kjob(condition=("Failed", "x")), kjob(attempt=2)), pods=(finished, running)), SETTINGS
     )
-    assert plan.status["gpuSeconds"] == (1800 + 600) * 2
+    assert plan.status.gpu_seconds == (1800 + 600) * 2
 
 
 # -- failures and retries ------------------------------------------------------------------------
 
 
 def failed_pod(code: int, reason: str, message: str = "boom", terminated_reason: str | None = None) -> PodView:
-    text = json.dumps({"status": "Failed", "reason": reason, "message": message})
+    text = json.dumps({"status": "Failed", "job": "ft", "reason": reason, "message": message})
     return kpod(phase="Failed", exit_code=code, message=text, terminated_reason=terminated_reason)
 
 
 def test_infrastructure_failure_retries_as_a_new_attempt_that_resumes() -> None:
     raw = spec(backoffLimit=2)
-    status = accepted(raw, attempts=1, checkpoints=[{"step": 40, "uri": "s3://a/ck/", "time": "t"}])
+    status = accepted(raw, attempts=1, checkpoints=[CheckpointStatus(step=40, uri="s3://a/ck/", time=NOW)])
     plan = decide(
         snap(
             raw,
@@ -454,9 +496,9 @@ def test_infrastructure_failure_retries_as_a_new_attempt_that_resumes() -> None:
         ),
         SETTINGS,
     )
-    assert plan.create_attempt == 2 and plan.status["attempts"] == 2
-    assert plan.status["phase"] == "Initializing"
-    assert plan.status["lastFailure"]["reason"] == "StorageError"
+    assert plan.create_attempt == 2 and plan.status.attempts == 2
+    assert plan.status.phase == Phase.INITIALIZING
+    assert plan.status.last_failure is not None and plan.status.last_failure.reason == "StorageError"
     retry = next(e for e in plan.events if e.reason == "Retrying")
     assert retry.type == "Warning" and "resuming from step 40" in retry.message and "attempt 2 of 3" in retry.message
     assert plan.delete_jobs == []  # a finished single-pod Job is kept for its logs
@@ -469,10 +511,10 @@ def test_retries_stop_at_backoff_limit() -> None:
     plan = decide(
         snap(raw, status, jobs=(kjob(attempt=2, condition=("Failed", "BackoffLimitExceeded")),), pods=pods), SETTINGS
     )
-    assert plan.status["phase"] == "Failed"
-    assert plan.status["error"]["reason"] == "BackoffLimitExceeded"
-    assert "the last: Killed" in plan.status["error"]["message"]
-    assert plan.status["error"]["exitCode"] == 137
+    assert plan.status.phase == Phase.FAILED and plan.status.error is not None
+    assert plan.status.error.reason == "BackoffLimitExceeded"
+    assert "the last: Killed" in plan.status.error.message
+    assert plan.status.error.exit_code == 137
     assert plan.create_attempt is None
 
 
@@ -489,9 +531,10 @@ def test_retries_stop_at_backoff_limit() -> None:
 def test_user_errors_and_oom_are_never_retried(pod: PodView, reason: str) -> None:
     raw = spec(backoffLimit=5)
     plan = decide(snap(raw, accepted(raw, attempts=1), jobs=(kjob(),), pods=(pod,)), SETTINGS)
-    assert plan.status["phase"] == "Failed" and plan.status["error"]["reason"] == reason
+    assert plan.status.phase == Phase.FAILED and plan.status.error is not None
+    assert plan.status.error.reason == reason
     assert plan.create_attempt is None
-    assert conditions(plan)["Failed"]["reason"] == reason
+    assert conditions(plan)["Failed"].reason == reason
 
 
 def test_a_failed_rank_stops_the_other_ranks_before_the_retry() -> None:
@@ -513,13 +556,14 @@ def test_job_deadline_exceeded_is_not_retried() -> None:
     plan = decide(
         snap(raw, accepted(raw, attempts=1), jobs=(kjob(condition=("Failed", "DeadlineExceeded")),)), SETTINGS
     )
-    assert plan.status["error"]["reason"] == "DeadlineExceeded" and plan.create_attempt is None
+    assert plan.status.error is not None and plan.status.error.reason == "DeadlineExceeded"
+    assert plan.create_attempt is None
 
 
 def test_active_deadline_counts_across_attempts() -> None:
     raw = spec(activeDeadlineSeconds=3600)
-    start = iso(NOW - timedelta(seconds=3000))
-    status = accepted(raw, attempts=1, startTime=start)
+    start = NOW - timedelta(seconds=3000)
+    status = accepted(raw, attempts=1, start_time=start)
     retry = decide(
         snap(raw, status, jobs=(kjob(condition=("Failed", "x")),), pods=(failed_pod(21, "StorageError"),)), SETTINGS
     )
@@ -527,13 +571,13 @@ def test_active_deadline_counts_across_attempts() -> None:
     late = decide(
         snap(
             raw,
-            retry.status | {"startTime": iso(NOW - timedelta(seconds=3601))},
+            retry.status.model_copy(update={"start_time": NOW - timedelta(seconds=3601)}),
             jobs=(kjob(condition=("Failed", "x")), kjob(attempt=2, active=1)),
             pods=(kpod(attempt=2),),
         ),
         SETTINGS,
     )
-    assert late.status["error"]["reason"] == "DeadlineExceeded"
+    assert late.status.error is not None and late.status.error.reason == "DeadlineExceeded"
     assert late.delete_jobs == ["ft-train-2"]
 
 
@@ -542,7 +586,7 @@ def test_active_deadline_counts_across_attempts() -> None:
 
 def test_restart_with_attempt_two_running_creates_nothing() -> None:
     raw = spec()
-    status = accepted(raw, attempts=2, startTime=iso(NOW))
+    status = accepted(raw, attempts=2, start_time=NOW)
     jobs = (kjob(condition=("Failed", "BackoffLimitExceeded")), kjob(attempt=2, active=1))
     plan = decide(snap(raw, status, jobs=jobs, pods=(kpod(attempt=2),)), SETTINGS)
     assert plan.create_attempt is None and not plan.create_preflight and not plan.delete_jobs
@@ -554,7 +598,7 @@ def test_status_lagging_behind_the_children_is_caught_up() -> None:
     plan = decide(
         snap(raw, accepted(raw, attempts=1), jobs=(kjob(condition=("Failed", "x")), kjob(attempt=2))), SETTINGS
     )
-    assert plan.status["attempts"] == 2 and plan.create_attempt is None
+    assert plan.status.attempts == 2 and plan.create_attempt is None
 
 
 def test_a_job_not_yet_in_the_index_is_created_again_under_the_same_name() -> None:
@@ -572,11 +616,11 @@ def test_immutable_changes_are_ignored_with_a_condition_and_mutable_ones_apply()
     edited = spec(baseModel={"uri": "s3://models/other/"}, backoffLimit=7)
     plan = decide(snap(edited, status, jobs=(kjob(),), pods=(kpod(),), generation=2), SETTINGS)
     applied = conditions(plan)["SpecApplied"]
-    assert applied["status"] == "False" and applied["reason"] == "ImmutableFieldChanged"
-    assert "spec.baseModel" in applied["message"] and "backoffLimit" not in applied["message"]
-    assert plan.status["acceptedSpec"]["baseModel"]["uri"] == "s3://models/llama/"
+    assert applied.status == "False" and applied.reason == "ImmutableFieldChanged"
+    assert "spec.baseModel" in applied.message and "backoffLimit" not in applied.message
+    assert plan.status.accepted_spec is not None and plan.status.accepted_spec.base_model.uri == "s3://models/llama/"
     assert ("Warning", "ImmutableFieldChanged") in [(e.type, e.reason) for e in plan.events]
-    assert plan.status["observedGeneration"] == 2
+    assert plan.status.observed_generation == 2
     retried = decide(
         snap(edited, plan.status, jobs=(kjob(condition=("Failed", "x")),), pods=(failed_pod(21, "StorageError"),)),
         SETTINGS,
@@ -589,7 +633,7 @@ def test_immutable_changes_are_ignored_with_a_condition_and_mutable_ones_apply()
 
 def test_ttl_after_finished_deletes_the_job() -> None:
     raw = spec(ttlSecondsAfterFinished=60)
-    status = accepted(raw) | {"phase": "Succeeded", "completionTime": iso(NOW - timedelta(seconds=30))}
+    status = accepted(raw, phase=Phase.SUCCEEDED, completion_time=NOW - timedelta(seconds=30))
     waiting = decide(snap(raw, status), SETTINGS)
     assert not waiting.delete_self and waiting.requeue_after == 30
     expired = decide(snap(raw, status, now=NOW + timedelta(seconds=31)), SETTINGS)
@@ -598,7 +642,7 @@ def test_ttl_after_finished_deletes_the_job() -> None:
 
 def test_no_ttl_means_no_timer() -> None:
     raw = spec(ttlSecondsAfterFinished=None)
-    status = accepted(raw) | {"phase": "Failed", "completionTime": iso(NOW)}
+    status = accepted(raw, phase=Phase.FAILED, completion_time=NOW)
     plan = decide(snap(raw, status), SETTINGS)
     assert plan.requeue_after is None and not plan.delete_self
 
@@ -619,12 +663,15 @@ def test_merge_patch_removes_replaces_and_recurses() -> None:
 
 
 def test_checkpoints_merge_by_step() -> None:
-    known = [{"step": 10, "uri": "a", "time": "t"}]
-    merged = merge_checkpoints(known, [{"step": 20, "uri": "b", "time": 0.0}, {"step": 10, "uri": "a", "time": 0.0}])
-    assert [c["step"] for c in merged] == [10, 20] and merged[1]["time"] == "1970-01-01T00:00:00Z"
+    known = [CheckpointStatus(step=10, uri="a", time=NOW)]
+    merged = merge_checkpoints(
+        known, [CheckpointRecord(step=20, uri="b", time=0.0), CheckpointRecord(step=10, uri="a", time=0.0)]
+    )
+    assert [c.step for c in merged] == [10, 20] and merged[1].time == datetime(1970, 1, 1, tzinfo=UTC)
+    assert FineTuneJobStatus(checkpoints=merged).to_wire()["checkpoints"][1]["time"] == "1970-01-01T00:00:00Z"
 
 
 def test_progress_url_targets_the_current_attempts_rank_zero() -> None:
     pods = (kpod(attempt=1, phase="Failed", exit_code=21), kpod(attempt=2))
-    assert progress_url({"attempts": 2}, pods) == "http://10.0.0.7:9090/progress"
-    assert progress_url({"attempts": 3}, pods) is None
+    assert progress_url(2, pods) == "http://10.0.0.7:9090/progress"
+    assert progress_url(3, pods) is None
