@@ -172,3 +172,87 @@ def test_observe_pod_reads_the_api_shape() -> None:
 )
 def test_eta_text(seconds: float | None, text: str | None) -> None:
     assert eta_text(seconds) == text
+
+
+# -- trainers one release newer or older ---------------------------------------------------------
+
+
+def newer_trainer_failure(exit_code: int) -> str:
+    """A newer trainer: a higher version, a field and a reason this release does not know."""
+    return json.dumps(
+        {
+            "version": 2,
+            "status": "Failed",
+            "job": "ft",
+            "reason": "FutureReason",
+            "message": "something new went wrong",
+            "exitCode": exit_code,
+            "userError": exit_code < 20,
+            "gpuHours": 3.5,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "retryable", "user_error"),
+    [(17, False, True), (27, True, False)],  # judged by the exit code's range: 10-19 user, 20-29 infrastructure
+)
+def test_a_newer_trainers_unknown_reason_is_kept_and_judged_by_its_exit_code(
+    exit_code: int, retryable: bool, user_error: bool
+) -> None:
+    outcome = classify_pod(
+        PodObservation(phase="Failed", exit_code=exit_code, termination_message=newer_trainer_failure(exit_code))
+    )
+    assert outcome is not None and not outcome.succeeded
+    assert (outcome.reason, outcome.retryable, outcome.user_error) == ("FutureReason", retryable, user_error)
+    assert outcome.message == "something new went wrong"
+    assert isinstance(outcome.report, RunSummary) and outcome.report.version == 2
+
+
+@pytest.mark.parametrize(
+    ("message", "exit_code", "expected"),
+    [
+        (
+            '{"status":"Failed","job":"ft","reason":"GPUOOM","message":"m","exitCode":22,"userError":false}',
+            22,
+            (FAILED, "GPUOOM", False, False),
+        ),
+        (
+            '{"status":"Failed","job":"ft","reason":"StorageError","message":"m","exitCode":21,"userError":false}',
+            21,
+            (FAILED, "StorageError", True, False),
+        ),
+        (
+            '{"status":"Failed","job":"ft","reason":"DatasetInvalid","message":"m","exitCode":12,"userError":true}',
+            12,
+            (FAILED, "DatasetInvalid", False, True),
+        ),
+    ],
+)
+def test_an_older_trainers_summary_without_version_is_read(
+    message: str, exit_code: int, expected: tuple[bool, str, bool, bool]
+) -> None:
+    outcome = classify_pod(PodObservation(phase="Failed", exit_code=exit_code, termination_message=message))
+    assert outcome is not None
+    assert (outcome.succeeded, outcome.reason, outcome.retryable, outcome.user_error) == expected
+    assert outcome.message == "m"
+    assert isinstance(outcome.report, RunSummary) and outcome.report.exit_code == exit_code
+
+
+def test_an_older_trainers_success_summary_is_kept_for_the_status() -> None:
+    summary = json.dumps(
+        {
+            "status": "Succeeded",
+            "job": "ft",
+            "step": 100,
+            "totalSteps": 100,
+            "trainedTokens": 1000,
+            "adapterUri": "s3://out/run/adapter/",
+        }
+    )
+    outcome = classify_pod(
+        PodObservation(phase="Succeeded", exit_code=0, terminated_reason="Completed", termination_message=summary)
+    )
+    assert outcome is not None and outcome.succeeded
+    assert isinstance(outcome.report, RunSummary)
+    assert (outcome.report.step, outcome.report.adapter_uri) == (100, "s3://out/run/adapter/")

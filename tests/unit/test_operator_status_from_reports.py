@@ -1,0 +1,177 @@
+"""The trainer's reports copied into the status (status_from_reports): phases, checkpoints, summary."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from kubetune_api.protocol import (
+    CheckpointRecord,
+    EvalResult,
+    Evaluations,
+    ProgressReport,
+    RunStatus,
+    RunSummary,
+    TrainerPhase,
+)
+from kubetune_api.spec import FineTuneJobSpec
+from kubetune_api.status import (
+    ArtifactsStatus,
+    CheckpointStatus,
+    FineTuneJobStatus,
+    MetricsStatus,
+    Phase,
+    ProgressStatus,
+)
+from kubetune_operator.status_from_reports import apply_progress, apply_summary, job_phase, merge_checkpoints
+
+T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+SPEC = FineTuneJobSpec.model_validate(
+    {
+        "baseModel": {"uri": "s3://models/llama/"},
+        "dataset": {"train": "s3://data/train.jsonl"},
+        "output": {"uri": "s3://artifacts/run/"},
+    }
+)
+
+
+def report(phase: str, step: int = 0, **fields: Any) -> ProgressReport:
+    return ProgressReport.model_validate({"phase": phase, "step": step, "totalSteps": 100, **fields})
+
+
+# -- job_phase -----------------------------------------------------------------------------------
+
+
+JOB_PHASES = [
+    (TrainerPhase.INITIALIZING, 0, Phase.INITIALIZING),
+    (TrainerPhase.STAGING, 0, Phase.INITIALIZING),
+    (TrainerPhase.PREPARING, 0, Phase.INITIALIZING),
+    (TrainerPhase.LOADING, 0, Phase.INITIALIZING),
+    (TrainerPhase.EVALUATING, 0, Phase.INITIALIZING),  # the baseline eval, before any step
+    (TrainerPhase.EVALUATING, 100, Phase.RUNNING),  # the final eval, after training
+    (TrainerPhase.RUNNING, 40, Phase.RUNNING),
+    (TrainerPhase.CHECKPOINTING, 40, Phase.RUNNING),
+    (TrainerPhase.EXPORTING, 100, Phase.EXPORTING),
+    (TrainerPhase.DONE, 100, Phase.EXPORTING),
+]
+
+
+@pytest.mark.parametrize(("trainer_phase", "step", "phase"), JOB_PHASES, ids=[f"{p}-{s}" for p, s, _ in JOB_PHASES])
+def test_job_phase_of_every_trainer_phase(trainer_phase: TrainerPhase, step: int, phase: Phase) -> None:
+    progress = report(str(trainer_phase), step)
+    assert progress.phase is trainer_phase  # a known phase is read as the enum
+    assert job_phase(progress) is phase
+
+
+def test_every_trainer_phase_has_a_job_phase() -> None:
+    assert {p for p, _, _ in JOB_PHASES} == set(TrainerPhase)
+
+
+def test_a_newer_trainers_unknown_phase_counts_as_running() -> None:
+    progress = report("Quantizing", 10)
+    assert progress.phase == "Quantizing" and not isinstance(progress.phase, TrainerPhase)
+    assert job_phase(progress) is Phase.RUNNING
+    assert job_phase(report("Quantizing", 0)) is Phase.RUNNING
+
+
+# -- merge_checkpoints ---------------------------------------------------------------------------
+
+
+def test_merge_checkpoints_unions_by_step_oldest_first() -> None:
+    known = [CheckpointStatus(step=10, uri="s3://a/ck-10/", time=T0), CheckpointStatus(step=30, uri="s3://a/ck-30/")]
+    reported = [
+        CheckpointRecord(step=40, uri="s3://a/ck-40/", time=1795000000.0),
+        CheckpointRecord(step=20, uri="s3://a/ck-20/", time=0.0),
+    ]
+    merged = merge_checkpoints(known, reported)
+    assert [c.step for c in merged] == [10, 20, 30, 40]
+    assert merged[0] == known[0] and merged[2] == known[1]  # a retry's trainer reports only its own
+    assert merged[1] == CheckpointStatus(step=20, uri="s3://a/ck-20/", time=datetime(1970, 1, 1, tzinfo=UTC))
+    assert merged[3].time == datetime.fromtimestamp(1795000000.0, UTC)
+    assert [c.step for c in known] == [10, 30]  # pure: the input is not changed
+
+
+def test_merge_checkpoints_prefers_the_report_for_the_same_step() -> None:
+    known = [CheckpointStatus(step=10, uri="s3://a/old/", time=T0)]
+    merged = merge_checkpoints(known, [CheckpointRecord(step=10, uri="s3://a/new/", time=0.0)])
+    assert merged == [CheckpointStatus(step=10, uri="s3://a/new/", time=datetime(1970, 1, 1, tzinfo=UTC))]
+
+
+def test_merge_checkpoints_of_nothing() -> None:
+    assert merge_checkpoints([], []) == []
+    known = [CheckpointStatus(step=10, uri="s3://a/ck/")]
+    assert merge_checkpoints(known, []) == known
+
+
+def test_apply_progress_keeps_the_latest_checkpoints_only() -> None:
+    status = FineTuneJobStatus(checkpoints=[CheckpointStatus(step=s, uri=f"s3://a/{s}/") for s in (10, 20)])
+    records = [{"step": s, "uri": f"s3://a/{s}/", "time": 0.0} for s in (30, 40)]
+    apply_progress(status, report("Running", 40, checkpoints=records), max_checkpoints=3)
+    assert [c.step for c in status.checkpoints] == [20, 30, 40]
+
+
+# -- apply_summary -------------------------------------------------------------------------------
+
+
+def running_status() -> FineTuneJobStatus:
+    """What the last /progress poll left in the status."""
+    return FineTuneJobStatus(
+        phase=Phase.RUNNING,
+        progress=ProgressStatus(percent="97%", step=97, total_steps=100, eta_seconds=30, eta="30s", epoch=2.9),
+        metrics=MetricsStatus(train_loss=0.61, learning_rate=0.00001),
+        trained_tokens=97_000,
+    )
+
+
+def test_apply_summary_records_artifacts_losses_and_100_percent() -> None:
+    status = running_status()
+    summary = RunSummary(
+        status=RunStatus.SUCCEEDED,
+        job="ft",
+        step=100,
+        total_steps=100,
+        trained_tokens=100_000,
+        train_loss=0.512345,
+        eval=Evaluations(baseline=EvalResult(loss=2.512345), finetuned=EvalResult(loss=0.912345)),
+        adapter_uri="s3://artifacts/run/adapter/",
+        manifest_uri="s3://artifacts/run/manifest.json",
+    )
+    apply_summary(status, summary, SPEC)
+    assert status.artifacts == ArtifactsStatus(
+        output_uri="s3://artifacts/run/",
+        adapter_uri="s3://artifacts/run/adapter/",
+        manifest_uri="s3://artifacts/run/manifest.json",
+    )
+    assert status.metrics == MetricsStatus(
+        train_loss=0.5123, eval_loss=0.9123, baseline_eval_loss=2.5123, learning_rate=0.00001
+    )
+    assert status.progress == ProgressStatus(
+        percent="100%", step=100, total_steps=100, eta_seconds=0, eta="0s", epoch=2.9
+    )
+    assert status.trained_tokens == 100_000
+
+
+def test_apply_summary_without_a_summary_still_completes_the_status() -> None:
+    """A pod that left no summary (an older image, or a truncated message): the output URI is known."""
+    status = running_status()
+    apply_summary(status, None, SPEC)
+    assert status.artifacts == ArtifactsStatus(output_uri="s3://artifacts/run/")
+    assert status.metrics == running_status().metrics  # nothing new to report
+    assert status.progress == ProgressStatus(
+        percent="100%", step=97, total_steps=100, eta_seconds=0, eta="0s", epoch=2.9
+    )
+    assert status.trained_tokens == 97_000
+
+
+def test_apply_summary_on_an_empty_status() -> None:
+    status = FineTuneJobStatus()
+    apply_summary(status, None, SPEC)
+    assert status.progress == ProgressStatus(percent="100%", eta_seconds=0, eta="0s")
+    assert status.metrics == MetricsStatus()
+    assert status.to_wire() == {
+        "artifacts": {"outputUri": "s3://artifacts/run/"},
+        "progress": {"percent": "100%", "etaSeconds": 0, "eta": "0s"},
+        "metrics": {},
+    }
