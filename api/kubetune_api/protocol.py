@@ -21,7 +21,6 @@ Wire rules, so an operator can read a trainer one release older or newer:
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -244,7 +243,7 @@ class PreflightReport(WireModel):
 
     version: int = Field(default=PROTOCOL_VERSION, description="Wire version of this message.")
     status: Literal["Validated"] = Field(default="Validated", description="Always Validated (failures are RunSummary).")
-    job: str = Field(description="The FineTuneJob's name.")
+    job: str = Field(default="", description="The FineTuneJob's name.")
     data: DataStats = Field(description="What preparing the dataset found.")
     plan: StepPlan = Field(description="The optimizer steps planned for the training hardware.")
     memory: MemoryEstimate | None = Field(default=None, description="GPU memory estimate (when planning for a GPU).")
@@ -282,7 +281,7 @@ class RunSummary(WireModel):
 
     version: int = Field(default=PROTOCOL_VERSION, description="Wire version of this message.")
     status: OpenRunStatus = Field(description="Succeeded, Failed or Preempted (SIGTERM, checkpoint saved).")
-    job: str = Field(description="The FineTuneJob's name.")
+    job: str = Field(default="", description="The FineTuneJob's name.")
     reason: OpenFailureReason | None = Field(default=None, description="Why it failed (a FailureReason).")
     message: str | None = Field(default=None, description="What went wrong, naming the field, file or URI.")
     exit_code: int = Field(default=0, description="The process exit code (see the failure table).")
@@ -362,7 +361,7 @@ class ProgressReport(WireModel):
     trained_tokens: int = Field(default=0, description="Tokens trained on so far (non-padding).")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds until training ends.")
     checkpoints: list[CheckpointRecord] = Field(default_factory=list, description="Checkpoints of this run.")
-    last_update_time: float = Field(default_factory=time.time, description="Unix seconds of the last update.")
+    last_update_time: float | None = Field(default=None, description="Unix seconds of the last update.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -129,9 +129,9 @@ def _by_exit_code(code: int | None, summary: RunSummary | None, message: str) ->
         # Stopped after a checkpoint (eviction, drain, suspension): always worth resuming.
         reason = reported or by_code.reason
         return Outcome(False, reason, message or "stopped by SIGTERM", retryable=True, report=summary)
-    # The reason the trainer reported refines the exit code's (a newer trainer's reason is
-    # kept as it is, judged by its exit code's range).
+    # The exit code decides user or infrastructure error (as its range always has); the reason
+    # the trainer reported names the failure and can only rule a retry out (GPUOOM on exit 20
+    # is still not worth another attempt). A newer trainer's unknown reason is kept as it is.
     info = failure(reported) if reported else None
-    chosen = info or by_code
-    reason = reported or by_code.reason
-    return Outcome(False, reason, message, chosen.retryable, chosen.user_error, summary)
+    retryable = by_code.retryable and (info.retryable if info is not None else True)
+    return Outcome(False, reported or by_code.reason, message, retryable, by_code.user_error, summary)

@@ -210,6 +210,25 @@ def test_a_newer_trainers_unknown_reason_is_kept_and_judged_by_its_exit_code(
 
 
 @pytest.mark.parametrize(
+    ("exit_code", "reason", "retryable", "user_error"),
+    [
+        (22, None, False, False),  # GPUOOM by its exit code alone: the same batch fails again
+        (20, "GPUOOM", False, False),  # a reported GPUOOM rules a retry out even on a generic code
+        (12, "StorageError", False, True),  # the exit code decides user vs infrastructure, as its range did
+        (21, "StorageError", True, False),
+        (10, None, False, True),
+    ],
+)
+def test_exit_code_decides_the_kind_and_the_reason_can_only_rule_a_retry_out(
+    exit_code: int, reason: str | None, retryable: bool, user_error: bool
+) -> None:
+    message = None if reason is None else json.dumps({"status": "Failed", "job": "ft", "reason": reason})
+    outcome = classify_pod(PodObservation(phase="Failed", exit_code=exit_code, termination_message=message))
+    assert outcome is not None and not outcome.succeeded
+    assert (outcome.retryable, outcome.user_error) == (retryable, user_error)
+
+
+@pytest.mark.parametrize(
     ("message", "exit_code", "expected"),
     [
         (

@@ -63,8 +63,8 @@ class TrainerMetrics:
         self.total_steps.labels(**lab).set(report.total_steps)
         self.epoch.labels(**lab).set(report.epoch)
         self.progress_ratio.labels(**lab).set(report.progress_ratio)
-        self.last_update.labels(**lab).set(report.last_update_time)
         for gauge, value in (
+            (self.last_update, report.last_update_time),
             (self.train_loss, report.train_loss),
             (self.eval_loss, report.eval_loss),
             (self.baseline_eval_loss, report.baseline_eval_loss),
