@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -262,7 +263,7 @@ class CustomResourceSchema:
             elif value > high:
                 errors.append(_invalid(path, value, f"{path} in body should be less than or equal to {_number(high)}"))
         step = schema.get("multipleOf")
-        if step and (value / step) != int(value / step):
+        if step and not math.isclose(value / step, round(value / step), abs_tol=1e-9):
             errors.append(_invalid(path, value, f"{path} in body should be a multiple of {_number(step)}"))
 
     @staticmethod
