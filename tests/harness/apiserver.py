@@ -111,6 +111,9 @@ class ApiServer(KmockWorkarounds, WatchStreams, GarbageCollector, ObjectStore, k
         for name in ("default", "kube-system"):
             self.create_object(NAMESPACES, None, {"metadata": {"name": name}})
 
+    # ------------------------------------------------------------------ public, thread-safe accessors
+    # (and close_watches(), from WatchStreams)
+
     def register_crd(self, path: str | Path) -> list[ResKey]:
         """Register every served version of the CRD in a YAML file; also store the CRD object itself."""
         doc = yaml.safe_load(Path(path).read_text())
@@ -178,6 +181,9 @@ class ApiServer(KmockWorkarounds, WatchStreams, GarbageCollector, ObjectStore, k
     @property
     def resource_version(self) -> int:
         return self._rv
+
+    # ------------------------------------------------------------------ serving (kmock's fallbacks)
+    # Watches are served by WatchStreams, discovery by KmockWorkarounds; state changes go through ObjectStore.
 
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         # WORKAROUND (kmock 0.8): only ``watch=true`` makes a watch; the kubernetes client sends ``watch=True``
