@@ -151,7 +151,7 @@ def test_explicit_batch_size_wins() -> None:
 
 def test_progress_report_wire_is_camel_case() -> None:
     """The /progress document uses camelCase keys and includes the progress ratio."""
-    report = ProgressReport(step=5, total_steps=20, train_loss=1.5, eta_seconds=30.0)
+    report = ProgressReport(step=5, total_steps=20, train_loss=1.5, eta_seconds=30.0, last_update_time=1.0)
     doc = report.to_wire()
     for key in ("phase", "step", "totalSteps", "trainLoss", "etaSeconds", "progressRatio"):
         assert key in doc

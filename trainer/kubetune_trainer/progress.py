@@ -88,7 +88,7 @@ class ProgressReporter:
     """Holds the report, mirrors it into metrics, and serves both over HTTP when asked."""
 
     def __init__(self, job: str, namespace: str | None) -> None:
-        self.report = ProgressReport()
+        self.report = ProgressReport(last_update_time=time.time())
         self.metrics = TrainerMetrics(job, namespace)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
