@@ -15,6 +15,7 @@ from kubernetes import client
 from conftest import FAKE_CREDENTIALS
 from harness.finetunejob import GROUP, NAMESPACE, PLURAL, VERSION, finetunejob
 from harness.operator_process import OperatorProcess, free_port, wait_for
+from kubetune_api.status import Condition, FineTuneJobStatus
 
 __all__ = ["OperatorProcess", "finetunejob", "operator_process", "wait_for"]
 
@@ -62,9 +63,10 @@ class Kube:
                 return None
             raise
 
-    def status(self, name: str) -> dict[str, Any]:
+    def status(self, name: str) -> FineTuneJobStatus:
+        """The status as the operator wrote it, read back through the model its schema comes from."""
         obj = self.get(name)
-        return dict((obj or {}).get("status") or {})
+        return FineTuneJobStatus.model_validate((obj or {}).get("status") or {})
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name, {"spec": spec})
@@ -91,15 +93,19 @@ class Kube:
 
     def wait_phase(
         self, name: str, phases: set[str], timeout: float, check: Callable[[], None] | None = None
-    ) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
+    ) -> FineTuneJobStatus:
+        def probe() -> FineTuneJobStatus | None:
             status = self.status(name)
-            return status if status.get("phase") in phases else None
+            return status if status.phase in phases else None
 
         try:
             return wait_for(probe, timeout, f"{name} to reach {sorted(phases)}", check)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; status now: {self.status(name)}") from exc
+
+
+def conditions(status: FineTuneJobStatus) -> dict[str, Condition]:
+    return {str(c.type): c for c in status.conditions}
 
 
 def phase_recorder(kube: Kube, name: str) -> Callable[[], list[str]]:
@@ -112,7 +118,7 @@ def phase_recorder(kube: Kube, name: str) -> Callable[[], list[str]]:
     def sample() -> None:
         while not stop.is_set():
             try:
-                phase = kube.status(name).get("phase")
+                phase = kube.status(name).phase
             except Exception:  # sampling must not end the test
                 phase = None
             if phase and (not seen or seen[-1] != phase):
@@ -125,7 +131,7 @@ def phase_recorder(kube: Kube, name: str) -> Callable[[], list[str]]:
     def finish() -> list[str]:
         stop.set()
         thread.join(timeout=5)
-        final = kube.status(name).get("phase")  # the last change may have landed after the last sample
+        final = kube.status(name).phase  # the last change may have landed after the last sample
         if final and (not seen or seen[-1] != final):
             seen.append(final)
         return seen

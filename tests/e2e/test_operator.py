@@ -16,10 +16,12 @@ from typing import Any
 
 import boto3
 import pytest
+from kubernetes.client.exceptions import ApiException
 from operator_env import (
     SIGKILL,
     Kube,
     OperatorProcess,
+    conditions,
     finetunejob,
     operator_process,
     phase_recorder,
@@ -29,6 +31,7 @@ from operator_env import (
 
 from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
 from harness import Cluster
+from kubetune_api.status import ConditionType, FineTuneJobStatus
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
@@ -95,14 +98,14 @@ def trainer_pods(cluster: Cluster, name: str) -> list[dict[str, Any]]:
     ]
 
 
-def running_trainer(cluster: Cluster, kube: Kube, name: str, with_checkpoint: bool = True) -> dict[str, Any]:
+def running_trainer(cluster: Cluster, kube: Kube, name: str, with_checkpoint: bool = True) -> FineTuneJobStatus:
     """Wait until the operator reports the trainer running (and a checkpoint saved)."""
 
-    def probe() -> dict[str, Any] | None:
+    def probe() -> FineTuneJobStatus | None:
         status = kube.status(name)
-        if status.get("phase") in {"Failed", "Succeeded"}:
+        if status.phase in {"Failed", "Succeeded"}:
             raise AssertionError(f"{name} finished before the test could act: {status}")
-        ready = status.get("phase") == "Running" and (status.get("checkpoints") or not with_checkpoint)
+        ready = status.phase == "Running" and (status.checkpoints or not with_checkpoint)
         return status if ready else None
 
     return wait_for(probe, TRAIN_TIMEOUT, f"{name} running with a checkpoint")
@@ -118,26 +121,28 @@ def test_happy_path_validates_trains_and_publishes_artifacts(
     phases = phase_recorder(kube, "happy")
     status = kube.wait_phase("happy", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
     seen = phases()
-    assert status["phase"] == "Succeeded", status
+    assert status.phase == "Succeeded", status
 
     # The story `kubectl get ftj` tells, in order, with no GPU Job before the data passed.
     assert seen[0] in {"Validating", "Pending"} and seen[-1] == "Succeeded"
     assert seen.index("Validating") < seen.index("Initializing") < seen.index("Succeeded")
     if "Running" in seen:  # never a step backwards once training started
         assert not {"Validating", "Initializing"} & set(seen[seen.index("Running") :]), seen
-    conditions = {c["type"]: c for c in status["conditions"]}
+    by_type = conditions(status)
     for kind in ("SpecValid", "DataValidated", "Admitted", "Complete"):
-        assert conditions[kind]["status"] == "True", conditions[kind]
-        assert conditions[kind]["observedGeneration"] == 1
-    assert status["preflight"]["trainRows"] == 900 and status["preflight"]["estimatedSteps"] == 30
-    assert status["progress"]["percent"] == "100%" and status["progress"]["step"] == 30
-    assert status["metrics"]["trainLoss"] > 0 and status["metrics"]["evalLoss"] > 0
-    assert status["attempts"] == 1 and status["trainedTokens"] > 0
-    assert [c["step"] for c in status["checkpoints"]][-1] >= 20
+        assert by_type[kind].status == "True", by_type[kind]
+        assert by_type[kind].observed_generation == 1
+    assert status.preflight is not None and status.progress is not None and status.metrics is not None
+    assert status.preflight.train_rows == 900 and status.preflight.estimated_steps == 30
+    assert status.progress.percent == "100%" and status.progress.step == 30
+    assert (status.metrics.train_loss or 0) > 0 and (status.metrics.eval_loss or 0) > 0
+    assert status.attempts == 1 and (status.trained_tokens or 0) > 0
+    assert [c.step for c in status.checkpoints][-1] >= 20
 
     outputs = objects_under(s3, staged["bucket"], "out/happy/")
     assert {"manifest.json", "adapter_model.safetensors", "adapter_config.json", "metrics.json", "eval.json"} <= outputs
-    assert status["artifacts"]["manifestUri"] == f"s3://{staged['bucket']}/out/happy/manifest.json"
+    assert status.artifacts is not None
+    assert status.artifacts.manifest_uri == f"s3://{staged['bucket']}/out/happy/manifest.json"
 
     # one preflight Job and one trainer Job, each owned by the FineTuneJob
     assert kube.jobs("happy") == ["happy-preflight", "happy-train-1"]
@@ -169,9 +174,9 @@ def test_bad_dataset_fails_in_preflight_and_no_trainer_job_is_created(
     body["spec"]["dataset"]["train"] = f"s3://{staged['bucket']}/data/broken.jsonl"
     kube.apply(body)
     status = kube.wait_phase("baddata", {"Failed", "Succeeded"}, 120, operator.check_alive)
-    assert status["error"]["reason"] == "DatasetInvalid", status
-    assert "line 2" in status["error"]["message"] and status["error"]["exitCode"] == 12
-    assert {c["type"]: c["status"] for c in status["conditions"]}["DataValidated"] == "False"
+    assert status.error is not None and status.error.reason == "DatasetInvalid", status
+    assert "line 2" in status.error.message and status.error.exit_code == 12
+    assert conditions(status)["DataValidated"].status == "False"
     assert kube.jobs("baddata") == ["baddata-preflight"]  # no GPU Job, ever
     assert ("Warning", "DatasetInvalid") in kube.events("baddata")
     assert all(
@@ -185,7 +190,7 @@ def test_kubectl_get_ftj_shows_the_generated_printer_columns(
     kube: Kube, operator: OperatorProcess, kube_api: Any
 ) -> None:
     body = finetunejob("shown", "bucket-x", "http://127.0.0.1:1")
-    body["spec"]["lora"]["r"] = 0
+    body["spec"]["dataset"]["train"] = "data/train.jsonl"  # valid for the schema, InvalidSpec for the operator
     kube.apply(body)
     kube.wait_phase("shown", {"Failed"}, 30, operator.check_alive)
 
@@ -202,16 +207,27 @@ def test_kubectl_get_ftj_shows_the_generated_printer_columns(
 
 
 def test_invalid_spec_fails_without_pods(kube: Kube, cluster: Cluster, operator: OperatorProcess) -> None:
+    """What the CRD schema accepts but cannot run in a pod is the operator's InvalidSpec, every field named."""
     body = finetunejob("invalid", "bucket-x", "http://127.0.0.1:1")
-    body["spec"]["lora"]["r"] = 0
     body["spec"]["dataset"]["train"] = "data/train.jsonl"  # a path inside the image, not the user's data
+    body["spec"]["training"] = {**body["spec"].get("training", {}), "precision": "fp16"}  # on a CPU-only job
     kube.apply(body)
     status = kube.wait_phase("invalid", {"Failed"}, 30, operator.check_alive)
-    assert status["error"]["reason"] == "InvalidSpec"
-    assert "spec.lora.r" in status["error"]["message"] and "spec.dataset.train" in status["error"]["message"]
-    assert {c["type"]: c["status"] for c in status["conditions"]}["SpecValid"] == "False"
+    assert status.error is not None and status.error.reason == "InvalidSpec"
+    assert "spec.dataset.train" in status.error.message and "spec.training.precision" in status.error.message
+    assert conditions(status)["SpecValid"].status == "False"
     assert kube.children("invalid") == [] and cluster.pods("kubetune.io/finetunejob=invalid") == []
     assert ("Warning", "InvalidSpec") in kube.events("invalid")
+
+
+def test_schema_invalid_spec_is_refused_by_the_api(kube: Kube, operator: OperatorProcess) -> None:
+    """What the CRD schema forbids never reaches the operator: the apiserver refuses it, naming the field."""
+    body = finetunejob("refused", "bucket-x", "http://127.0.0.1:1")
+    body["spec"]["lora"]["r"] = 0
+    with pytest.raises(ApiException) as refused:
+        kube.apply(body)
+    assert refused.value.status == 422 and "spec.lora.r" in str(refused.value.body)
+    assert kube.get("refused") is None and kube.jobs("refused") == []
 
 
 # -- interruptions -------------------------------------------------------------------------------
@@ -228,15 +244,15 @@ def test_killed_trainer_is_retried_and_the_retry_resumes_from_a_checkpoint(
     cluster.kill(victim["metadata"]["name"], SIGKILL)
 
     status = kube.wait_phase("killed", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
-    assert status["phase"] == "Succeeded", status
-    assert status["attempts"] == 2
-    assert status["lastFailure"]["reason"] == "Killed"
+    assert status.phase == "Succeeded", status
+    assert status.attempts == 2
+    assert status.last_failure is not None and status.last_failure.reason == "Killed"
     assert kube.jobs("killed") == ["killed-preflight", "killed-train-1", "killed-train-2"]
     retry_pod = next(p for p in cluster.pods("kubetune.io/attempt=2") if p["metadata"]["name"].startswith("killed"))
     log = cluster.log(retry_pod["metadata"]["name"])
     assert "resumed from checkpoint step" in log, log[-2000:]
     resumed_from = int(log.split("resumed from checkpoint step")[1].split()[0].strip(":,"))
-    assert resumed_from >= running["checkpoints"][-1]["step"]
+    assert resumed_from >= running.checkpoints[-1].step
     retrying = [e for e in kube.events("killed") if e[1] == "Retrying"]
     assert retrying == [("Warning", "Retrying")]
 
@@ -265,19 +281,19 @@ def test_suspend_stops_the_trainer_and_resume_continues_from_its_checkpoint(
     kube.patch_spec("paused", {"suspend": True})
     status = kube.wait_phase("paused", {"Suspended"}, 60, operator.check_alive)
     wait_for(lambda: trainer_pods(cluster, "paused") == [], 120, "the trainer pod to stop")
-    assert {c["type"]: c["status"] for c in kube.status("paused")["conditions"]}["Suspended"] == "True"
+    assert conditions(kube.status("paused"))["Suspended"].status == "True"
     assert kube.batch.read_namespaced_job("paused-train-1", "default").spec.suspend is True
 
     # Resume, and try to swap the base model on the way: suspend applies, the model change does not.
     kube.patch_spec("paused", {"suspend": False, "baseModel": {"uri": f"s3://{staged['bucket']}/models/other/"}})
     status = kube.wait_phase("paused", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
-    assert status["phase"] == "Succeeded", status
-    applied = {c["type"]: c for c in status["conditions"]}["SpecApplied"]
-    assert (applied["status"], applied["reason"]) == ("False", "ImmutableFieldChanged")
-    assert "spec.baseModel" in applied["message"] and applied["observedGeneration"] == 3
-    assert status["acceptedSpec"]["baseModel"]["uri"].endswith("/models/tiny/")
+    assert status.phase == "Succeeded", status
+    applied = conditions(status)["SpecApplied"]
+    assert (applied.status, applied.reason) == ("False", "ImmutableFieldChanged")
+    assert "spec.baseModel" in applied.message and applied.observed_generation == 3
+    assert status.accepted_spec is not None and status.accepted_spec.base_model.uri.endswith("/models/tiny/")
     assert ("Warning", "ImmutableFieldChanged") in kube.events("paused")
-    assert status["attempts"] == 1  # suspension is not a failure
+    assert status.attempts == 1  # suspension is not a failure
     assert kube.jobs("paused") == ["paused-preflight", "paused-train-1"]
     second = [p for p in cluster.started_pods if p.startswith("paused-train-1")][-1]
     assert "resumed from checkpoint step" in cluster.log(second)
@@ -292,10 +308,10 @@ def test_operator_restart_mid_job_converges_without_duplicates(
     operator.stop(SIGKILL)  # no graceful shutdown: state must come from the cluster alone
     operator.start()
     status = kube.wait_phase("restart", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
-    assert status["phase"] == "Succeeded", status
+    assert status.phase == "Succeeded", status
     assert kube.jobs("restart") == ["restart-preflight", "restart-train-1"]
     assert len([p for p in cluster.started_pods if p.startswith("restart-train-1")]) == 1
-    assert status["attempts"] == 1
+    assert status.attempts == 1
     succeeded = [e for e in kube.events("restart") if e[1] == "Succeeded"]
     assert succeeded == [("Normal", "Succeeded")]
 
@@ -328,9 +344,10 @@ def test_queued_job_waits_for_kueue_to_admit_it(
         "queued-train-1", "default", {"spec": {"suspend": False}}, _content_type="application/merge-patch+json"
     )
     status = kube.wait_phase("queued", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
-    assert status["phase"] == "Succeeded", status
-    assert {c["type"]: c["status"] for c in status["conditions"]}["Admitted"] == "True"
-    assert json.loads(json.dumps(status["conditions"]))  # plain JSON all the way
+    assert status.phase == "Succeeded", status
+    assert conditions(status)["Admitted"].status == "True"
+    raw = kube.get("queued")
+    assert raw is not None and json.loads(json.dumps(raw["status"]["conditions"]))  # plain JSON all the way
 
 
 def test_a_pod_without_a_free_gpu_is_unschedulable_not_failed(
@@ -341,16 +358,15 @@ def test_a_pod_without_a_free_gpu_is_unschedulable_not_failed(
     body["spec"]["preflight"] = {"enabled": False}
     kube.apply(body)
 
-    def unschedulable() -> dict[str, Any] | None:
+    def unschedulable() -> FineTuneJobStatus | None:
         status = kube.status("waiting")
-        conditions = {c["type"]: c for c in status.get("conditions", [])}
-        return status if conditions.get("Unschedulable", {}).get("status") == "True" else None
+        return status if status.condition_is(ConditionType.UNSCHEDULABLE) else None
 
     status = wait_for(unschedulable, 60, "the Unschedulable condition", operator.check_alive)
-    assert status["phase"] == "Initializing"
-    assert "Insufficient nvidia.com/gpu" in {c["type"]: c for c in status["conditions"]}["Unschedulable"]["message"]
+    assert status.phase == "Initializing"
+    assert "Insufficient nvidia.com/gpu" in conditions(status)["Unschedulable"].message
     assert ("Warning", "Unschedulable") in kube.events("waiting")
-    assert "error" not in status
+    assert status.error is None
 
 
 def test_namespaced_operator_ignores_other_namespaces(kube_api: Any, kube: Kube, tmp_path: Path) -> None:
@@ -362,7 +378,7 @@ def test_namespaced_operator_ignores_other_namespaces(kube_api: Any, kube: Kube,
         for namespace in ("team-a", "team-b"):
             body = finetunejob("scoped", "bucket-x", "http://127.0.0.1:1")
             body["metadata"]["namespace"] = namespace
-            body["spec"]["lora"]["r"] = 0
+            body["spec"]["dataset"]["train"] = "data/train.jsonl"  # the operator's InvalidSpec
             kube.custom.create_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, "finetunejobs", body)
 
         def phase(namespace: str) -> str | None:

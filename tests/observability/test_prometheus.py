@@ -210,7 +210,7 @@ def test_prometheus_answers_every_dashboard_query_and_alert_expression(
 
         bucket, endpoint = staged["bucket"], staged["endpoint"]
         broken = finetunejob("broken", bucket, endpoint)
-        broken["spec"]["lora"]["r"] = 0
+        broken["spec"]["dataset"]["train"] = "data/train.jsonl"  # schema-valid, the operator's InvalidSpec
         apply(broken)
         apply(finetunejob("waiting", bucket, endpoint, queueName="gpu-queue"))
         apply(finetunejob(TRAINED, bucket, endpoint, backoffLimit=2))
