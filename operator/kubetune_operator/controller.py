@@ -126,6 +126,7 @@ class Controller:
             )
             decision = decide(snapshot, self.settings)
             await self._apply(key, meta, stored, decision, post_event)
+            self._record(key, status, decision)
             return decision.requeue_after
         except Exception:
             self.metrics.reconcile_errors.inc()
@@ -167,7 +168,6 @@ class Controller:
             self._written[key] = json.dumps(new, separators=(",", ":"))
         for event in decision.events:
             post_event(event.type, event.reason, event.message)
-        self._record(key, old, decision)
         if decision.delete_self:
             log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
             await self.kube.delete_finetunejob(namespace, name)
@@ -192,9 +192,9 @@ class Controller:
                 self.metrics.children_created.labels(kind=obj["kind"]).inc()
             self._recent_creates[key] = now
 
-    def _record(self, key: Key, old: JSON, decision: Decision) -> None:
-        """Log and count what changed. `old` is the stored status, as the API returned it."""
-        status, old_phase = decision.status, old.get("phase")
+    def _record(self, key: Key, before: FineTuneJobStatus, decision: Decision) -> None:
+        """Log and count what changed between the status decide() read and the one it wrote."""
+        status, old_phase = decision.status, before.phase
         new_phase = status.phase or Phase.PENDING
         queued_since = None
         if new_phase == Phase.QUEUED:
@@ -206,6 +206,6 @@ class Controller:
         if new_phase == Phase.FAILED and old_phase != Phase.FAILED:
             self.metrics.failures.labels(reason=status.error.reason if status.error else "Unknown").inc()
         retry = status.last_failure
-        old_retry = FineTuneJobStatus.model_validate(old).last_failure
-        if decision.create_attempt and decision.create_attempt > 1 and retry is not None and retry != old_retry:
+        retried = decision.create_attempt is not None and decision.create_attempt > 1
+        if retried and retry is not None and retry != before.last_failure:
             self.metrics.retries.labels(reason=retry.reason).inc()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import kopf
 
 from kubetune_api.spec import API_GROUP, API_VERSION, PLURAL
-from kubetune_api.status import TERMINAL_PHASES, Phase
+from kubetune_api.status import TERMINAL_PHASES, FineTuneJobStatus, Phase
 from kubetune_operator.controller import Controller
 from kubetune_operator.manifests import LABEL_JOB
 from kubetune_operator.settings import OperatorSettings
@@ -128,14 +128,15 @@ async def cancel(namespace: str | None, name: str, body: kopf.Body, status: Any,
     its Jobs, Services and ConfigMaps are removed."""
     controller = controller_of(memo)
     key = (namespace or "", name)
-    if status.get("phase") not in TERMINAL_PHASES:
+    phase = FineTuneJobStatus.model_validate(dict(status)).phase
+    if phase not in TERMINAL_PHASES:
         kopf.event(
             body,
             type="Normal",
             reason="UserCancelled",
             message="the FineTuneJob was deleted; stopping the trainer and removing its children",
         )
-        controller.metrics.observe_phase(key, status.get("phase"), Phase.CANCELLED, None)
+        controller.metrics.observe_phase(key, phase, Phase.CANCELLED, None)
     removed = await controller.kube.delete_children(*key)
     kopf.info(body, reason="Cleanup", message=f"removed {removed} children")
     controller.forget(key)
