@@ -338,8 +338,16 @@ class ApiServer(KmockWorkarounds, WatchStreams, GarbageCollector, ObjectStore, k
             if res.plural and "/" not in res.plural:
                 info = self.resources[res]
                 kind = info.kind or res.plural.capitalize()
+                custom = self._schemas.get((res.group or "", res.version or "", res.plural))
                 served.append(
-                    openapi.ServedResource(res.group or "", res.version or "", res.plural, kind, bool(info.namespaced))
+                    openapi.ServedResource(
+                        res.group or "",
+                        res.version or "",
+                        res.plural,
+                        kind,
+                        bool(info.namespaced),
+                        dict(custom.schema) if custom else None,
+                    )
                 )
         path = request.url.path.rstrip("/")
         if path == openapi.ROOT:

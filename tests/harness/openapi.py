@@ -6,8 +6,9 @@ kubectl sends ``fieldValidation=Strict`` and lets the server refuse unknown fiel
 ``schema_validation`` does for custom resources); if the documents cannot be fetched, kubectl refuses to send anything
 ("failed to download openapi"). kmock 0.8 serves no OpenAPI at all, so these documents list, per group/version, the
 PATCH operation of each resource with its ``x-kubernetes-group-version-kind`` and the ``fieldValidation``
-parameter, and no schemas (kubectl then builds JSON merge patches for custom resources, as for any type it cannot
-find a schema for). ``/openapi/v2`` stays 404.
+parameter, and, for custom resources, the CRD's ``openAPIV3Schema`` under ``components.schemas`` (named as
+kube-apiserver names it), which is what ``kubectl explain finetunejob.status --recursive`` renders. Built-in kinds
+have no schema here. ``/openapi/v2`` stays 404.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class ServedResource(NamedTuple):
     plural: str
     kind: str
     namespaced: bool
+    schema: dict[str, Any] | None = None  # a custom resource's openAPIV3Schema, for `kubectl explain`
 
 
 def group_version_path(group: str, version: str) -> str:
@@ -64,4 +66,22 @@ def group_version_document(resources: Iterable[ServedResource]) -> dict[str, Any
                 "responses": {"200": {"description": "OK"}},
             }
         }
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "unversioned"}, "paths": paths}
+    schemas = {
+        _schema_name(res): {
+            **res.schema,
+            "x-kubernetes-group-version-kind": [{"group": res.group, "version": res.version, "kind": res.kind}],
+        }
+        for res in resources
+        if res.schema
+    }
+    document: dict[str, Any] = {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "unversioned"}}
+    document["paths"] = paths
+    if schemas:
+        document["components"] = {"schemas": schemas}
+    return document
+
+
+def _schema_name(res: ServedResource) -> str:
+    """The name kube-apiserver gives a custom resource's schema: reversed group, version, kind."""
+    reversed_group = ".".join(reversed(res.group.split(".")))
+    return f"{reversed_group}.{res.version}.{res.kind}"
