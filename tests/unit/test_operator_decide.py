@@ -10,11 +10,7 @@ import pytest
 
 from kubetune_api.protocol import (
     CheckpointRecord,
-    DataStats,
-    MemoryEstimate,
-    PreflightReport,
     ProgressReport,
-    StepPlan,
 )
 from kubetune_api.status import (
     ArtifactsStatus,
@@ -37,6 +33,7 @@ from kubetune_operator.patching import merge_patch
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status_from_reports import merge_checkpoints
 from kubetune_operator.views import JobView, PodView, job_view, pod_view, progress_url
+from protocol_samples import PREFLIGHT
 
 OWNER = Owner(name="ft", namespace="team", uid="uid-1")
 SETTINGS = OperatorSettings(poll_interval_seconds=5, gpu_memory_gib=80)
@@ -160,36 +157,6 @@ def accepted(raw_spec: JSON | None = None, **status: Any) -> FineTuneJobStatus:
     return out.model_copy(update={"conditions": validated, **status})
 
 
-PREFLIGHT = PreflightReport(
-    job="ft",
-    data=DataStats(
-        format="chat",
-        train_rows=900,
-        validation_rows=100,
-        train_tokens=123456,
-        trainable_tokens=60000,
-        validation_tokens=13000,
-        truncated_rows=2,
-        dropped_rows=0,
-        max_row_tokens=512,
-        mean_row_tokens=137.2,
-        train_sequences=70,
-        packing_efficiency=0.97,
-    ),
-    plan=StepPlan(
-        epochs=3, batch_size=8, gradient_accumulation_steps=1, steps_per_epoch=113, total_steps=340, warmup_steps=10
-    ),
-    memory=MemoryEstimate(
-        model_parameters=1_235_814_400,
-        lora_parameters=11_272_192,
-        weights_bytes=2_471_628_800,
-        lora_training_bytes=180_355_072,
-        activation_bytes=1_000,
-        logits_bytes=2_000,
-        overhead_bytes=2**30,
-        total_bytes=30 * 2**30,
-    ),
-)
 PREFLIGHT_REPORT = PREFLIGHT.to_wire_json()
 
 
