@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetune_api.protocol import FAILURES, FailureReason, PreflightReport, ProgressReport, RunSummary
+from kubetune_api.protocol import FailureReason, PreflightReport, ProgressReport, RunSummary
 from kubetune_api.spec import FineTuneJobSpec
 from kubetune_api.status import (
     TERMINAL_PHASES,
@@ -235,8 +235,8 @@ def _preflight(draft: _Draft, spec: FineTuneJobSpec) -> bool:
     pod = latest_pod([p for p in snapshot.pods if p.component == "preflight"])
     outcome = classify_pod(pod.observation) if pod else None
     if outcome is None and job.failed:
-        info = FAILURES[FailureReason.PREFLIGHT_FAILED]
-        outcome = Outcome(False, job.failure_reason or info.reason, job.failure_message or "", user_error=True)
+        reason = job.failure_reason or FailureReason.PREFLIGHT_FAILED
+        outcome = Outcome(False, reason, job.failure_message or "", user_error=True)
     if outcome is None:
         _note_scheduling(draft, pod)
         draft.phase(Phase.VALIDATING, "validating the dataset on CPU before any GPU is requested")
@@ -246,17 +246,16 @@ def _preflight(draft: _Draft, spec: FineTuneJobSpec) -> bool:
         exit_code = pod.observation.exit_code if pod else None
         draft.fail(outcome.reason, f"preflight: {outcome.message}", exit_code)
         return False
-    if not isinstance(outcome.report, PreflightReport):
-        # Succeeded without a readable report (an older image, or a truncated message): the
-        # data passed, but there is nothing to show.
-        report = None
-    else:
-        report = preflight_status(outcome.report, spec, draft.settings.gpu_memory_gib)
-    draft.status.preflight = report
-    message = (
-        f"{report.train_rows if report else 0} training rows, {report.train_tokens if report else 0} tokens, "
-        f"{report.estimated_steps if report else 0} steps planned"
+    # A success without a readable report (an older image, a truncated message): the data
+    # passed, but there is nothing to show.
+    report = (
+        preflight_status(outcome.report, spec, draft.settings.gpu_memory_gib)
+        if isinstance(outcome.report, PreflightReport)
+        else None
     )
+    draft.status.preflight = report
+    rows, tokens, steps = (report.train_rows, report.train_tokens, report.estimated_steps) if report else (0, 0, 0)
+    message = f"{rows} training rows, {tokens} tokens, {steps} steps planned"
     draft.condition(C.DATA_VALIDATED, True, "Validated", message)
     draft.event("Normal", "DataValidated", message)
     if report is not None and report.memory_fit == MemoryFit.MAY_NOT_FIT:
