@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import json_merge_patch
 import jsonpatch
 import kmock
 
@@ -58,16 +59,11 @@ def random_suffix(length: int = 5) -> str:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch; returns a new value and never mutates its arguments."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+    """RFC 7386 JSON merge patch; returns a new value and never mutates its arguments.
+
+    The same library the operator computes its patches with (json-merge-patch): one implementation.
+    """
+    return json_merge_patch.merge(copy.deepcopy(target), copy.deepcopy(patch))
 
 
 def strip_directives(value: Any) -> Any:
