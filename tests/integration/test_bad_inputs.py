@@ -366,7 +366,7 @@ def s3_output_bucket_missing(ctx: Ctx) -> Invocation:
 
     return ctx.rows(
         [COMPLETION_OK] * 4,
-        f"{uri}.kubetune/write-check: does not exist",
+        f"{uri}: the output cannot be written: does not exist",
         output_uri=uri,
         published=published,
         endpoint=endpoint,

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -385,9 +386,19 @@ class Storage:
         return rel
 
     def check_writable(self, uri: str) -> None:
-        """Fail before any compute is spent if the output cannot be written."""
-        probe = parse_uri(uri).join(".kubetune", "write-check")
-        self.put_bytes(b"ok", probe.uri)
+        """Fail before any compute is spent if the output cannot be written.
+
+        Every rank checks, so each writes its own probe, and the local `.kubetune/` folder stays:
+        removing it raced with another rank about to write its probe there (seen in CI as a
+        StorageError on rank 1).
+        """
+        probe = parse_uri(uri).join(".kubetune", f"write-check-{uuid.uuid4().hex[:12]}")
+        try:
+            self.put_bytes(b"ok", probe.uri)
+        except KubetuneError as exc:
+            # Name what the user wrote (the output URI), not our probe's random key.
+            cause = str(exc).removeprefix(f"{probe.uri}: ")
+            raise type(exc)(f"{uri}: the output cannot be written: {cause}") from exc
         if probe.is_s3:
             assert probe.bucket is not None
             with self._s3_call(probe.uri):
@@ -395,9 +406,6 @@ class Storage:
         else:
             assert probe.path is not None
             probe.path.unlink(missing_ok=True)
-            for parent in (probe.path.parent,):
-                if parent.is_dir() and not any(parent.iterdir()):
-                    parent.rmdir()
 
     def delete_prefix(self, uri: str) -> None:
         loc = parse_uri(uri)
