@@ -9,6 +9,7 @@ conventions). Every field carries a description because it becomes the text of
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -278,6 +279,77 @@ class StorageSpec(_Model):
     )
 
 
+# A Kubernetes resource quantity of bytes ("500Gi", "1.5Ti", "200G", "1e12"). Millis and other
+# fractions of a byte make no sense for a size, so "m" is refused.
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[kMGTPE]|[eE][+-]?[0-9]+)?$"
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+_QUANTITY_FACTORS = {
+    **{suffix: 1024 ** (n + 1) for n, suffix in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{suffix: 1000 ** (n + 1) for n, suffix in enumerate(("k", "M", "G", "T", "P", "E"))},
+}
+
+
+def quantity_bytes(value: str) -> int:
+    """A Kubernetes quantity ("500Gi") as a whole number of bytes, or a ValueError saying what is accepted."""
+    match = _QUANTITY_RE.match(value.strip())
+    if not match:
+        raise ValueError(
+            f"{value!r} is not a Kubernetes quantity of bytes: use a number with an optional suffix "
+            "Ki, Mi, Gi, Ti, Pi, Ei (powers of 1024) or k, M, G, T, P, E (powers of 1000), e.g. 500Gi"
+        )
+    number, suffix = match.group(1), match.group(3) or ""
+    try:
+        amount = (
+            Decimal(number) * _QUANTITY_FACTORS[suffix] if suffix in _QUANTITY_FACTORS else Decimal(number + suffix)
+        )
+    except InvalidOperation as exc:  # an exponent too large for Decimal's context
+        raise ValueError(f"{value!r} is too large for a size") from exc
+    if amount < 1:
+        raise ValueError(f"{value!r} is less than one byte; a cache needs a positive size, e.g. 500Gi")
+    return int(amount)
+
+
+def _check_quantity(value: str) -> str:
+    quantity_bytes(value)
+    return value
+
+
+Quantity = Annotated[
+    str,
+    Field(min_length=1, max_length=64),
+    AfterValidator(_check_quantity),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 64, "pattern": QUANTITY_PATTERN}),
+]
+
+
+class CacheSpec(_Model):
+    """A download cache that outlives one attempt (the base model, data and checkpoints staged from S3)."""
+
+    claim_name: str = Field(
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description=(
+            "PersistentVolumeClaim in the job's namespace, mounted at the trainer's and preflight's cache "
+            "directory instead of an emptyDir, so a retry (or the next job on the same model) does not "
+            "download the base model again. ReadWriteMany shares one cache between nodes (it must honour "
+            "POSIX locks, as NFSv4 and CephFS do); ReadWriteOnce or a local volume gives one cache per node."
+        ),
+    )
+    size_limit: Quantity | None = Field(
+        default=None,
+        description=(
+            "Size cap of the cache as a Kubernetes quantity, e.g. 500Gi; keep it below the claim's capacity. "
+            "Before a new entry is written, the least recently used entries that no running pod holds are "
+            "evicted until it fits. A model larger than the cap is still staged (with a warning). "
+            "Empty: no eviction."
+        ),
+    )
+
+    @property
+    def size_limit_bytes(self) -> int | None:
+        return None if self.size_limit is None else quantity_bytes(self.size_limit)
+
+
 class Toleration(_Model):
     key: str | None = Field(default=None, description="Taint key the toleration applies to.")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
@@ -313,6 +385,11 @@ class FineTuneJobSpec(_Model):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Evaluation before and after.")
     output: OutputSpec = Field(description="Where results are written.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="How to reach S3.")
+    cache: CacheSpec | None = Field(
+        default=None,
+        description="A persistent download cache (a PVC); empty uses the operator's default cache claim, if any, "
+        "else an emptyDir that each attempt fills again.",
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the trainer.")
     image: str | None = Field(default=None, max_length=512, description="Trainer image; default from the operator.")
     preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="Data checks before the GPU Job.")

@@ -35,6 +35,12 @@ class RuntimeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cache_dir: str = Field(default="~/.cache/kubetune", description="Download cache (model and data).")
+    cache_size_limit_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cap of the download cache: least recently used entries are evicted to stay under it "
+        "(spec.cache.sizeLimit on a cluster). None: no eviction.",
+    )
     work_dir: str | None = Field(default=None, description="Scratch space; a temp dir when empty.")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Serve /metrics and /progress here (0 = any free port)."

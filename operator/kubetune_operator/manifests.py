@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_api.spec import API_GROUP, API_VERSION, KIND, FineTuneJob, FineTuneJobSpec
+from kubetune_api.spec import API_GROUP, API_VERSION, KIND, CacheSpec, FineTuneJob, FineTuneJobSpec
 from kubetune_api.trainer_config import RuntimeOptions, TrainerConfig, trainer_config_from_job
 from kubetune_operator.settings import OperatorSettings
 
@@ -38,6 +38,7 @@ RUN_AS = 65532
 RENDEZVOUS_PORT = 29500
 PVC_SCHEME = "pvc://"
 PVC_ROOT = "/mnt/pvc"
+CACHE_DIR = "/cache"
 MAX_NAME = 63
 # `kubetune-train` as a module, for `accelerate launch -m` (multi-GPU and multi-node).
 TRAINER_MODULE = "kubetune_trainer.cli.kubetune_train"
@@ -100,10 +101,17 @@ def metadata(owner: Owner, name: str, component: str, attempt: int | None = None
     return meta
 
 
-def pod_runtime(settings: OperatorSettings, attempt: int) -> RuntimeOptions:
+def cache_for(spec: FineTuneJobSpec, settings: OperatorSettings) -> CacheSpec | None:
+    """The job's persistent cache claim: its own, else the operator's default, else none (an emptyDir)."""
+    return spec.cache or settings.default_cache
+
+
+def pod_runtime(settings: OperatorSettings, attempt: int, cache: CacheSpec | None = None) -> RuntimeOptions:
     """Where things live inside a trainer pod (matches the volumes below)."""
     return RuntimeOptions(
-        cache_dir="/cache",
+        cache_dir=CACHE_DIR,
+        # The cap travels in trainer.json, the trainer's one input: the volume only says where.
+        cache_size_limit_bytes=None if cache is None else cache.size_limit_bytes,
         work_dir="/tmp",
         metrics_port=settings.metrics_port,
         metrics_host="0.0.0.0",
@@ -171,17 +179,27 @@ def pvc_claims(spec: FineTuneJobSpec) -> dict[str, bool]:
 
 
 def _volumes(
-    config_map: str, settings: OperatorSettings, shared_memory: bool, claims: dict[str, bool] | None = None
+    config_map: str,
+    settings: OperatorSettings,
+    shared_memory: bool,
+    claims: dict[str, bool] | None = None,
+    cache: CacheSpec | None = None,
 ) -> tuple[list[JSON], list[JSON]]:
+    # A cache claim outlives the pod, so a retry finds the model staged; an emptyDir dies with it.
+    cache_volume: JSON = (
+        {"persistentVolumeClaim": {"claimName": cache.claim_name}}
+        if cache is not None
+        else {"emptyDir": {"sizeLimit": settings.cache_size_limit}}
+    )
     volumes: list[JSON] = [
         {"name": "config", "configMap": {"name": config_map}},
         {"name": "tmp", "emptyDir": {}},
-        {"name": "cache", "emptyDir": {"sizeLimit": settings.cache_size_limit}},
+        {"name": "cache", **cache_volume},
     ]
     mounts: list[JSON] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "cache", "mountPath": "/cache"},
+        {"name": "cache", "mountPath": CACHE_DIR},
     ]
     for index, (claim, writes) in enumerate(sorted((claims or {}).items())):
         # The trainer resolves pvc://<claim>/<path> to $KUBETUNE_PVC_ROOT/<claim>/<path>.
@@ -295,7 +313,11 @@ def trainer_job(
     name = trainer_job_name(owner.name, attempt)
     service = name if nodes > 1 else None
     volumes, mounts = _volumes(
-        config_map_name(owner.name, attempt), settings, shared_memory=gpus > 0, claims=pvc_claims(spec)
+        config_map_name(owner.name, attempt),
+        settings,
+        shared_memory=gpus > 0,
+        claims=pvc_claims(spec),
+        cache=cache_for(spec, settings),
     )
     env: list[JSON] = [*_credentials_env(spec), {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)}]
     if service is not None:
@@ -354,7 +376,13 @@ def headless_service(owner: Owner, attempt: int) -> JSON:
 
 def preflight_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> JSON:
     """A CPU-only Job that validates every row and counts tokens: no GPU is requested."""
-    volumes, mounts = _volumes(config_map_name(owner.name, 1), settings, shared_memory=False, claims=pvc_claims(spec))
+    volumes, mounts = _volumes(
+        config_map_name(owner.name, 1),
+        settings,
+        shared_memory=False,
+        claims=pvc_claims(spec),
+        cache=cache_for(spec, settings),
+    )
     container: JSON = {
         "name": "preflight",
         "image": settings.preflight_image_or_default,
@@ -394,7 +422,7 @@ def trainer_config(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettin
         by_alias=True,
         by_name=False,
     )
-    return trainer_config_from_job(job, pod_runtime(settings, attempt))
+    return trainer_config_from_job(job, pod_runtime(settings, attempt, cache_for(spec, settings)))
 
 
 def preflight_objects(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[JSON]:

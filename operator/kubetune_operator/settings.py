@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubetune_api.spec import DNS_SUBDOMAIN_PATTERN, CacheSpec, Quantity
+
 ENV_PREFIX = "KUBETUNE_"
 
 
@@ -29,6 +31,15 @@ class OperatorSettings(BaseSettings):
     preflight_cpu: str = Field(default="1")
     preflight_memory: str = Field(default="2Gi")
     cache_size_limit: str = Field(default="200Gi", description="emptyDir limit for the trainer's model cache.")
+    cache_claim_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Default cache PVC for jobs without spec.cache (it must exist in each job's namespace).",
+    )
+    cache_claim_size_limit: Quantity | None = Field(
+        default=None, description="Size cap of the default cache PVC (a quantity, e.g. 500Gi); None: no eviction."
+    )
     max_checkpoints_in_status: int = Field(default=10, ge=1, le=100)
     gpu_memory_gib: float = Field(
         default=80.0, gt=0, description="GPU memory the preflight's memory estimate is compared with."
@@ -40,3 +51,10 @@ class OperatorSettings(BaseSettings):
     @property
     def preflight_image_or_default(self) -> str:
         return self.preflight_image or self.trainer_image
+
+    @property
+    def default_cache(self) -> CacheSpec | None:
+        """The chart's cache claim, for jobs that name none."""
+        if not self.cache_claim_name:
+            return None
+        return CacheSpec(claim_name=self.cache_claim_name, size_limit=self.cache_claim_size_limit)

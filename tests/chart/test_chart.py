@@ -415,3 +415,27 @@ def test_every_value_is_documented_and_typed() -> None:
     for key, child in values.items():
         assert key in schema["properties"], key
         walk(child, (key,), schema["properties"][key])
+
+
+def test_default_cache_claim_reaches_the_operator_only_when_set(
+    rendered: dict[str, Rendered], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune_operator.settings import OperatorSettings
+
+    assert not {"KUBETUNE_CACHE_CLAIM_NAME", "KUBETUNE_CACHE_CLAIM_SIZE_LIMIT"} & set(_env(rendered["default"]))
+    env = _env(rendered["namespaced"])
+    assert env["KUBETUNE_CACHE_CLAIM_NAME"] == "model-cache" and env["KUBETUNE_CACHE_CLAIM_SIZE_LIMIT"] == "500Gi"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cache = OperatorSettings().default_cache
+    assert cache is not None and cache.claim_name == "model-cache" and cache.size_limit_bytes == 500 * 1024**3
+
+
+def test_lint_rejects_a_cache_size_that_is_not_a_quantity(chart_copy: Any) -> None:
+    # helm-sdkpy reports no error text, so the same values with a good quantity must lint clean.
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for size, refused in (("500Gi", False), ("500GB", True)):
+        values["operator"]["cacheClaim"] = {"name": "model-cache", "sizeLimit": size}
+        (chart_copy / "values.yaml").write_text(json.dumps(values))
+        result = run_helm_tool("lint", str(chart_copy))
+        assert bool(result["Errors"]) is refused, (size, result)

@@ -5,9 +5,11 @@ informers (list + watch, resumed by ``resourceVersion``) keep caches of Jobs and
 creates pods for Jobs, maintains Job status, schedules and runs pods, and reports pod status via ``/status``.
 
 The kubelet emulates a container's filesystem by path mapping: volumes are directories under the pod's
-directory, and every argv element, env value and JSON string in configMap ``*.json`` files that starts with a
-``mountPath`` (or equals the ``terminationMessagePath``) is rewritten to the host path. In those JSON files,
-``"0.0.0.0"`` becomes the pod IP (127.0.0.N, one per running pod), so several pods can serve on the same port.
+directory (a persistentVolumeClaim's is ``<work_root>/pvcs/<namespace>/<claim>``, shared by every pod that
+mounts the claim and kept after them, like a real volume; the claim object must exist), and every argv
+element, env value and JSON string in configMap ``*.json`` files that starts with a ``mountPath`` (or equals the
+``terminationMessagePath``) is rewritten to the host path. In those JSON files, ``"0.0.0.0"`` becomes the pod IP
+(127.0.0.N, one per running pod), so several pods can serve on the same port.
 """
 
 from __future__ import annotations
@@ -909,9 +911,15 @@ class Cluster:
         volumes_dir = pod_dir / "volumes"
         files: dict[str, dict[str, bytes]] = {}  # volume name → {relative path: content}
         json_volumes: set[str] = set()
+        claim_dirs: dict[str, Path] = {}  # volume name → the claim's directory, outside the pod's
         for volume in pod["spec"].get("volumes") or []:
             vname = volume["name"]
-            if "configMap" in volume or "secret" in volume:
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                if self._get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}") is None:
+                    raise PodNotReady("ContainerCreating", f'persistentvolumeclaim "{claim}" not found')
+                claim_dirs[vname] = self.work_root / "pvcs" / ns / claim
+            elif "configMap" in volume or "secret" in volume:
                 is_cm = "configMap" in volume
                 source = volume["configMap"] if is_cm else volume["secret"]
                 ref = source.get("name") if is_cm else source.get("secretName")
@@ -943,7 +951,7 @@ class Cluster:
         term_path = pod_dir / "termination-log"
         mounts: list[tuple[str, Path]] = []
         for mount in container.get("volumeMounts") or []:
-            host = volumes_dir / mount["name"]
+            host = claim_dirs.get(mount["name"], volumes_dir / mount["name"])
             if mount.get("subPath"):
                 host = host / mount["subPath"]
             mounts.append((mount["mountPath"].rstrip("/") or "/", host))

@@ -228,3 +228,54 @@ def test_service_account_gives_pods_a_cloud_identity_without_an_api_token() -> N
         assert pod["automountServiceAccountToken"] is False
         assert "AWS_ACCESS_KEY_ID" not in json.dumps(pod)
     assert "serviceAccountName" not in trainer_job(OWNER, job().spec, SETTINGS, 1)["spec"]["template"]["spec"]
+
+
+# -- the persistent download cache (issue 10, item 7) ------------------------------------------------
+
+
+def cache_volume(manifest: dict[str, Any]) -> dict[str, Any]:
+    pod = manifest["spec"]["template"]["spec"]
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "cache"]
+    assert mount == {"name": "cache", "mountPath": "/cache"}  # where RuntimeOptions.cache_dir points
+    [volume] = [v for v in pod["volumes"] if v["name"] == "cache"]
+    return dict(volume)
+
+
+def test_without_a_cache_claim_each_attempt_gets_an_empty_dir() -> None:
+    for manifest in (trainer_job(OWNER, job().spec, SETTINGS, 1), preflight_job(OWNER, job().spec, SETTINGS)):
+        assert cache_volume(manifest) == {"name": "cache", "emptyDir": {"sizeLimit": SETTINGS.cache_size_limit}}
+    config = json.loads(attempt_objects(OWNER, job().spec, SETTINGS, 1, None)[0]["data"]["trainer.json"])
+    assert config["runtime"]["cache_size_limit_bytes"] is None
+
+
+def test_a_cache_claim_replaces_the_empty_dir_in_trainer_and_preflight_and_its_cap_goes_to_the_trainer() -> None:
+    spec = job(cache={"claimName": "model-cache", "sizeLimit": "500Gi"}).spec
+    for manifest in (trainer_job(OWNER, spec, SETTINGS, 2), preflight_job(OWNER, spec, SETTINGS)):
+        assert cache_volume(manifest) == {"name": "cache", "persistentVolumeClaim": {"claimName": "model-cache"}}
+    for objects in (attempt_objects(OWNER, spec, SETTINGS, 2, None), preflight_objects(OWNER, spec, SETTINGS)):
+        config = TrainerConfig.model_validate(json.loads(objects[0]["data"]["trainer.json"]))
+        assert config.runtime.cache_dir == "/cache" and config.runtime.cache_size_limit_bytes == 500 * 1024**3
+
+
+def test_the_operators_default_cache_claim_applies_unless_the_job_names_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBETUNE_CACHE_CLAIM_NAME", "shared-models")
+    monkeypatch.setenv("KUBETUNE_CACHE_CLAIM_SIZE_LIMIT", "2Ti")
+    settings = OperatorSettings()
+    default = trainer_job(OWNER, job().spec, settings, 1)
+    assert cache_volume(default)["persistentVolumeClaim"] == {"claimName": "shared-models"}
+    config = json.loads(attempt_objects(OWNER, job().spec, settings, 1, None)[0]["data"]["trainer.json"])
+    assert config["runtime"]["cache_size_limit_bytes"] == 2 * 1024**4
+    own = job(cache={"claimName": "team-cache"}).spec  # no sizeLimit: no eviction
+    assert cache_volume(trainer_job(OWNER, own, settings, 1))["persistentVolumeClaim"] == {"claimName": "team-cache"}
+    config = json.loads(attempt_objects(OWNER, own, settings, 1, None)[0]["data"]["trainer.json"])
+    assert config["runtime"]["cache_size_limit_bytes"] is None
+
+
+def test_a_bad_default_cache_size_is_refused_at_start_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("KUBETUNE_CACHE_CLAIM_SIZE_LIMIT", "2TB")
+    with pytest.raises(ValidationError, match=r"cache_claim_size_limit\n.*'2TB' is not a Kubernetes quantity"):
+        OperatorSettings()

@@ -91,7 +91,7 @@ class LoRAFinetuneRecipe:
         self.work_dir = work_dir
         self.on_step = on_step
         self.on_event = on_event or (lambda message: log.info("%s", message))
-        self.storage = Storage(config.storage, config.runtime.cache_dir)
+        self.storage = Storage(config.storage, config.runtime.cache_dir, config.runtime.cache_size_limit_bytes)
         self.timings: dict[str, float] = {}
         self.started = time.time()
         self.model: Any = None  # the trained PEFT model, kept for callers that use it in memory

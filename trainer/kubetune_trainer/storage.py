@@ -37,6 +37,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from kubetune_api.spec import StorageSpec
+from kubetune_trainer.cache import DownloadCache
 from kubetune_trainer.errors import InvalidSpec, KubetuneError, NotFound, S3AccessDenied, StorageError
 
 if TYPE_CHECKING:
@@ -158,9 +159,17 @@ class RemoteObject:
 class Storage:
     """One object per run: an S3 client (created on first use) and the download cache."""
 
-    def __init__(self, spec: StorageSpec | None = None, cache_dir: str | Path = "~/.cache/kubetune") -> None:
+    def __init__(
+        self,
+        spec: StorageSpec | None = None,
+        cache_dir: str | Path = "~/.cache/kubetune",
+        cache_size_limit_bytes: int | None = None,
+    ) -> None:
         self.spec = spec or StorageSpec()
         self.cache_dir = Path(cache_dir).expanduser()
+        # Locked, atomically published entries with an LRU cap (cache.py): the cache may be a PVC
+        # shared with other pods and attempts.
+        self.cache = DownloadCache(self.cache_dir / "objects", cache_size_limit_bytes)
         self._client: S3Client | None = None
 
     # -- S3 plumbing -------------------------------------------------------------------------
@@ -233,9 +242,9 @@ class Storage:
             path.unlink(missing_ok=True)
             raise StorageError(f"{uri}: checksum mismatch after download (ETag {obj.etag})")
 
-    def _cache_slot(self, uri: str, identity: str) -> Path:
-        key = hashlib.sha256(f"{uri}\n{identity}".encode()).hexdigest()[:40]
-        return self.cache_dir / "objects" / key
+    @staticmethod
+    def _cache_key(uri: str, identity: str) -> str:
+        return hashlib.sha256(f"{uri}\n{identity}".encode()).hexdigest()[:40]
 
     # -- reading --------------------------------------------------------------------------------
     def stage_file(self, uri: str) -> Path:
@@ -247,14 +256,14 @@ class Storage:
                 raise NotFound(f"{uri}: no such file")
             return loc.path
         obj = self._head(loc)
-        slot = self._cache_slot(uri, f"{obj.etag}:{obj.size}")
-        dest = slot / "data" / Path(loc.key).name
-        if not self.is_complete(str(slot)):
-            self._download(loc, obj, dest)
-            self.mark_complete(str(slot), {"uri": uri, "etag": obj.etag, "size": obj.size})
-        else:
-            log.info("cache hit for %s", uri)
-        return dest
+        name = Path(loc.key).name
+        entry = self.cache.get(
+            self._cache_key(uri, f"{obj.etag}:{obj.size}"),
+            obj.size,
+            lambda folder: self._download(loc, obj, folder / "data" / name),
+            {"uri": uri, "etag": obj.etag, "size": obj.size},
+        )
+        return entry / "data" / name
 
     def stage_dir(self, uri: str, only: frozenset[str] | None = None) -> Path:
         """A local directory mirroring the prefix at `uri` (parallel downloads for S3).
@@ -273,17 +282,18 @@ class Storage:
         if not objects:
             raise NotFound(f"{uri}: no objects under this prefix")
         identity = "\n".join(f"{o.key}:{o.etag}:{o.size}" for o in sorted(objects, key=lambda o: o.key))
-        slot = self._cache_slot(uri, identity)
-        if self.is_complete(str(slot)):
-            log.info("cache hit for %s", uri)
-            return slot / "data"
         prefix = loc.key.rstrip("/") + "/" if loc.key.strip("/") else ""
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            futures = [pool.submit(self._download, loc, o, slot / "data" / o.key[len(prefix) :]) for o in objects]
-            for future in futures:
-                future.result()
-        self.mark_complete(str(slot), {"uri": uri, "objects": len(objects)})
-        return slot / "data"
+
+        def fill(folder: Path) -> None:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                futures = [pool.submit(self._download, loc, o, folder / "data" / o.key[len(prefix) :]) for o in objects]
+                for future in futures:
+                    future.result()
+
+        entry = self.cache.get(
+            self._cache_key(uri, identity), sum(o.size for o in objects), fill, {"uri": uri, "objects": len(objects)}
+        )
+        return entry / "data"
 
     def fingerprint(self, uri: str) -> dict[str, Any]:
         """What the manifest records for provenance: ETag and size (S3) or sha256 and size (local)."""

@@ -25,7 +25,8 @@ def validate_job(config: TrainerConfig, plan_device: str | None = None, world_si
     `batchSize: auto` and the step count match the real run.
     """
     device = plan_device or ("cuda" if config.runtime.device == "cuda" else "cpu")
-    storage = Storage(config.storage, config.runtime.cache_dir)
+    quantization.check(config.lora, device)  # no bitsandbytes, or DoRA on 8 bits on CPU: before staging anything
+    storage = Storage(config.storage, config.runtime.cache_dir, config.runtime.cache_size_limit_bytes)
     inputs = load_inputs(config, storage, device, world_size, model_files=frozenset(TOKENIZER_FILES))
     model_config = json.loads((inputs.model_dir / "config.json").read_text())
     memory = None
