@@ -56,7 +56,8 @@ ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["kubetune-operator", "--all-namespaces"]
 
 # =======================================================================================
-# trainer: CUDA base, torch from the CUDA wheel index, transformers, peft, accelerate.
+# trainer: CUDA base, torch from the CUDA wheel index, transformers, peft, accelerate,
+# and bitsandbytes (the qlora extra) for lora.quantization.
 # =======================================================================================
 FROM ${CUDA_IMAGE} AS trainer-build
 ARG DEBIAN_FRONTEND=noninteractive
@@ -73,7 +74,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /src
 COPY pyproject.toml ./
 RUN mkdir -p api operator trainer && touch README.md \
- && pip install ".[train]" \
+ && pip install ".[train,qlora]" \
  && python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 1)"
 COPY README.md ./
 COPY api ./api

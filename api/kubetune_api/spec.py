@@ -113,6 +113,14 @@ def precision_problem(precision: Precision, on_gpu: bool) -> str | None:
     return None
 
 
+class Quantization(StrEnum):
+    """How the frozen base weights are stored while the LoRA adapter trains (QLoRA)."""
+
+    NONE = "none"
+    FOUR_BIT = "4bit"
+    EIGHT_BIT = "8bit"
+
+
 class LRScheduler(StrEnum):
     COSINE = "cosine"
     LINEAR = "linear"
@@ -163,6 +171,27 @@ class LoRASpec(_Model):
             "Module names (or suffixes) to adapt, e.g. [q_proj, v_proj]. "
             "[all-linear] adapts every linear layer except the output head."
         ),
+    )
+
+    quantization: Quantization = Field(
+        default=Quantization.NONE,
+        description=(
+            "Store the frozen base weights quantised while the adapter trains (QLoRA, through bitsandbytes): "
+            "none; 4bit: NF4 with double quantisation, computing in bf16 on GPUs (about 0.5 byte per weight); "
+            "8bit: LLM.int8 (about 1 byte per weight). The adapter is published as usual and loads on the "
+            "unquantised base; output.mergeAdapter merges it into the unquantised base weights."
+        ),
+    )
+    use_dora: bool = Field(
+        default=False,
+        description=(
+            "DoRA (weight-decomposed LoRA): also learn a magnitude per output feature. "
+            "Not available with quantization 8bit on CPU."
+        ),
+    )
+    use_rslora: bool = Field(
+        default=False,
+        description="rsLoRA: scale the adapter by alpha / sqrt(r) instead of alpha / r (steadier at high ranks).",
     )
 
     @field_validator("target_modules")

@@ -524,8 +524,9 @@ def test_trainer_is_cuda_with_the_train_extra(df: Dockerfile) -> None:
     bases = df.image_bases("trainer")
     assert bases and all(b.startswith("nvidia/cuda:") for b in bases), bases
     commands = run_lines(df, "trainer")
-    assert any(pip_extras(c) == {"train"} for c in commands), "install .[train]"
-    assert all(pip_extras(c) <= {"train"} for c in commands), "the trainer image needs no operator or dev extra"
+    # qlora: bitsandbytes, so lora.quantization works in the image (and its preflight does not refuse it)
+    assert any(pip_extras(c) == {"train", "qlora"} for c in commands), "install .[train,qlora]"
+    assert all(pip_extras(c) <= {"train", "qlora"} for c in commands), "the trainer needs no operator or dev extra"
     torch = [c for c in commands if re.search(r"pip install\s+\S*torch", c)]
     assert torch and all("--index-url" in c for c in torch), "torch comes from the CUDA wheel index"
 

@@ -55,13 +55,23 @@ class TrainState:
     attempt: int = 1
 
 
+# LoRA fields added after a release: left out of the key while they hold their default, so a
+# checkpoint written by that release (whose key never had them) still resumes after an upgrade.
+LORA_FIELDS_ADDED_LATER = ("quantization", "use_dora", "use_rslora")
+
+
 def resume_key(config: TrainerConfig, model_fingerprint: str, data_fingerprints: list[str]) -> str:
     """What must match for a checkpoint to be resumable: data, model and the training maths."""
     training = config.training.model_dump(exclude={"checkpoint_every_steps", "keep_checkpoints", "log_every_steps"})
+    lora_defaults = {
+        name
+        for name in LORA_FIELDS_ADDED_LATER
+        if getattr(config.lora, name) == type(config.lora).model_fields[name].default
+    }
     payload = {
         "model": model_fingerprint,
         "data": data_fingerprints,
-        "lora": config.lora.model_dump(),
+        "lora": config.lora.model_dump(exclude=lora_defaults),
         "training": training,
         "dataset": config.dataset.model_dump(exclude={"train", "validation"}),
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune_api.protocol import MemoryEstimate
-from kubetune_api.spec import ALL_LINEAR, LoRASpec, Precision, TrainingSpec
+from kubetune_api.spec import ALL_LINEAR, LoRASpec, Precision, Quantization, TrainingSpec
 
 GIB = 2**30
 # Activation bytes per token, per hidden unit, per layer, for a transformer block in 16-bit
@@ -18,6 +18,20 @@ GIB = 2**30
 # Transformer Models", 2022: 34·s·b·h, attention scores excluded as SDPA/flash never keep them).
 ACTIVATION_BYTES_PER_TOKEN_HIDDEN = 34
 CUDA_OVERHEAD_BYTES = 1 * GIB  # context, cuBLAS workspace, allocator slack
+# bitsandbytes NF4 with double quantisation: 4 bits a weight, one 8-bit absmax per block of 64
+# weights, and one fp32 scale per 256 of those blocks.
+NF4_BLOCK, NF4_SCALE_BLOCKS = 64, 256
+
+
+def quantized_linear_bytes(in_features: int, out_features: int, quantization: Quantization) -> int:
+    """Bytes of one frozen linear weight as bitsandbytes stores it."""
+    n = in_features * out_features
+    if quantization is Quantization.FOUR_BIT:
+        blocks = -(-n // NF4_BLOCK)
+        return n // 2 + blocks + 4 * -(-blocks // NF4_SCALE_BLOCKS)
+    if quantization is Quantization.EIGHT_BIT:
+        return n + 4 * out_features  # int8 weights and an fp32 scale per output row (LLM.int8)
+    raise ValueError(f"{quantization} is not a quantised format")
 
 
 def _linear_shapes(model_config: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -50,6 +64,8 @@ def estimate_memory(
     params = layers * block + embeddings + hidden
     targets = shapes.keys() if ALL_LINEAR in lora.target_modules else set(lora.target_modules) & shapes.keys()
     lora_params = layers * sum(lora.r * (shapes[name][0] + shapes[name][1]) for name in targets)
+    if lora.use_dora:  # a magnitude per output feature of each adapted layer
+        lora_params += layers * sum(shapes[name][1] for name in targets)
 
     weight_bytes = 4 if training.precision == Precision.FP32 else 2
     tokens = batch_size * training.max_seq_length
@@ -59,6 +75,12 @@ def estimate_memory(
     activations = saved_inputs if training.gradient_checkpointing else layers * per_layer
     logits = 2 * tokens * vocab * 4  # fp32 logits and their gradient
     weights = params * weight_bytes
+    if lora.quantization is not Quantization.NONE:
+        # The decoder blocks' linear layers are stored quantised; PEFT's k-bit preparation keeps
+        # everything else (embeddings, head, norms) in fp32.
+        linear = layers * sum(i * o for i, o in shapes.values())
+        quantized = layers * sum(quantized_linear_bytes(i, o, lora.quantization) for i, o in shapes.values())
+        weights = quantized + (params - linear) * 4
     lora_state = lora_params * 16  # fp32 weight, gradient and two AdamW moments
     total = weights + lora_state + activations + logits + CUDA_OVERHEAD_BYTES
     return MemoryEstimate(

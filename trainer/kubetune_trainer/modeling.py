@@ -118,6 +118,8 @@ def lora_config(spec: LoRASpec) -> LoraConfig:
         target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",
+        use_dora=spec.use_dora,
+        use_rslora=spec.use_rslora,
     )
 
 

@@ -120,6 +120,7 @@ class LoRAFinetuneRecipe:
         cfg = self.config
         device_type = "cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"
         numerics = modeling.choose_numerics(cfg.training.precision, device_type)
+        quantization.check(cfg.lora, device_type)  # QLoRA needs bitsandbytes; no 8-bit DoRA on CPU: before any download
         accelerator = Accelerator(mixed_precision=numerics.mixed_precision, cpu=device_type == "cpu")
         with self._phase(TrainerPhase.STAGING):
             self.storage.check_writable(cfg.output.uri)  # before any download: a wrong bucket fails first
@@ -276,8 +277,11 @@ class LoRAFinetuneRecipe:
         tokenizer.padding_side = "right"
         tokenizer.save_pretrained(str(out))
         if self.config.output.merge_adapter:
-            merged = peft_model.merge_and_unload()
-            merged.save_pretrained(str(out / "merged"), safe_serialization=True)
+            if self.config.lora.quantization is Quantization.NONE:
+                merged = peft_model.merge_and_unload()
+                merged.save_pretrained(str(out / "merged"), safe_serialization=True)
+            else:  # into the staged full-precision base, not into its 4/8-bit rounding (docs/trainer.md)
+                quantization.merge_unquantized(session.inputs.model_dir, out, out / "merged")
             tokenizer.save_pretrained(str(out / "merged"))
 
     @contextmanager

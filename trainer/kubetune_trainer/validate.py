@@ -9,9 +9,13 @@ The result is a `kubetune_api.protocol.PreflightReport`.
 from __future__ import annotations
 
 import json
+import struct
+from pathlib import Path
 
-from kubetune_api.protocol import PreflightReport
+from kubetune_api.protocol import ModelReport, PreflightReport
 from kubetune_api.trainer_config import TrainerConfig
+from kubetune_trainer import architectures, quantization
+from kubetune_trainer.errors import ModelInvalid
 from kubetune_trainer.inputs import load_inputs
 from kubetune_trainer.memory import estimate_memory
 from kubetune_trainer.modeling import TOKENIZER_FILES
