@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubetune_api.protocol import DataStats, MemoryEstimate, PreflightReport, StepPlan
+from kubetune_api.protocol import DataStats, MemoryEstimate, ModelReport, PreflightReport, StepPlan
 
 STATS = DataStats(
     format="chat",
@@ -31,4 +31,10 @@ MEMORY = MemoryEstimate(
     overhead_bytes=2**30,
     total_bytes=30 * 2**30,
 )
-PREFLIGHT = PreflightReport(job="ft", data=STATS, plan=PLAN, memory=MEMORY)
+PREFLIGHT = PreflightReport(
+    job="ft",
+    data=STATS,
+    plan=PLAN,
+    memory=MEMORY,
+    model=ModelReport(model_type="qwen3", architecture="Qwen3ForCausalLM"),
+)

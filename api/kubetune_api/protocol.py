@@ -93,6 +93,7 @@ class FailureReason(StrEnum):
     CRASHED = "Crashed"
     JOB_FAILED = "JobFailed"
     PREFLIGHT_FAILED = "PreflightFailed"
+    UNSUPPORTED_MODEL = "UnsupportedModel"
 
 
 # A reason, phase or status this release does not know (a newer trainer's) stays a plain
@@ -104,6 +105,9 @@ OpenTrainerPhase = Annotated[TrainerPhase | str, Field(union_mode="left_to_right
 class ErrorKind(StrEnum):
     USER = "user"  # the spec, data, credentials or URI must change
     INFRASTRUCTURE = "infrastructure"  # may pass on its own: storage, nodes, preemption
+    # kubetune's own limit (an architecture it cannot train yet): not the user's mistake, and
+    # not transient either, so never retried; the message says what would be needed.
+    UNSUPPORTED = "unsupported"
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM: the code Kubernetes expects from a sto
 SIGKILL_EXIT_CODE = 137
 USER_EXIT_CODES = range(10, 20)
 INFRASTRUCTURE_EXIT_CODES = range(20, 30)
+UNSUPPORTED_EXIT_CODES = range(30, 40)
 
 R = FailureReason
 _TABLE = [  # reason, trainer exit code, kind, retried, advice
@@ -168,6 +173,13 @@ _TABLE = [  # reason, trainer exit code, kind, retried, advice
     ),
     FailureInfo(R.JOB_FAILED, None, INFRA, True, "The Job failed without a pod outcome; retried automatically."),
     FailureInfo(R.PREFLIGHT_FAILED, None, USER, False, "The preflight Job failed; its pod log says why."),
+    FailureInfo(
+        R.UNSUPPORTED_MODEL,
+        30,
+        ErrorKind.UNSUPPORTED,
+        False,
+        "kubetune cannot train this architecture yet (docs/models.md lists what it can); the message says why.",
+    ),
 ]
 FAILURES: dict[FailureReason, FailureInfo] = {info.reason: info for info in _TABLE}
 
@@ -189,6 +201,8 @@ def failure_for_exit_code(code: int) -> FailureInfo | None:
         return FAILURES[FailureReason.USER_ERROR]
     if code in INFRASTRUCTURE_EXIT_CODES:
         return FAILURES[FailureReason.INFRASTRUCTURE_ERROR]
+    if code in UNSUPPORTED_EXIT_CODES:
+        return FAILURES[FailureReason.UNSUPPORTED_MODEL]
     return None
 
 
@@ -238,6 +252,25 @@ class MemoryEstimate(WireModel):
     total_bytes: int
 
 
+class PackingDecision(WireModel):
+    """Whether rows were packed, and why not when they were asked to be."""
+
+    requested: bool = Field(description="training.packing as the spec asked.")
+    used: bool = Field(description="Whether rows were packed in this run.")
+    reason: str | None = Field(default=None, description="Why packing was turned off, when it was.")
+
+
+class ModelReport(WireModel):
+    """What the trainer made of the base model: its architecture and the choices that depend on it."""
+
+    model_type: str = Field(description="config.json's model_type, e.g. llama, qwen3_moe.")
+    architecture: str = Field(description="The transformers class trained, e.g. LlamaForCausalLM.")
+    attention: str | None = Field(
+        default=None, description="The attention implementation loaded: flash_attention_2, sdpa, flex_attention, eager."
+    )
+    packing: PackingDecision | None = Field(default=None, description="Packing as run (set once the model is loaded).")
+
+
 class PreflightReport(WireModel):
     """The preflight Job's termination message (and `kubetune validate --json`)."""
 
@@ -247,6 +280,7 @@ class PreflightReport(WireModel):
     data: DataStats = Field(description="What preparing the dataset found.")
     plan: StepPlan = Field(description="The optimizer steps planned for the training hardware.")
     memory: MemoryEstimate | None = Field(default=None, description="GPU memory estimate (when planning for a GPU).")
+    model: ModelReport | None = Field(default=None, description="The base model's architecture, from config.json.")
 
 
 # -- the run summary (termination message) -------------------------------------------------------
@@ -293,6 +327,7 @@ class RunSummary(WireModel):
     eval: Evaluations | None = Field(default=None, description="Base and fine-tuned evaluations.")
     adapter_uri: str | None = Field(default=None, description="The published adapter.")
     manifest_uri: str | None = Field(default=None, description="The provenance manifest.json.")
+    model: ModelReport | None = Field(default=None, description="The base model as trained: attention and packing.")
     duration_seconds: float = Field(default=0.0, description="Wall time of the run.")
     already_complete: bool = Field(default=False, description="The output held a finished run; nothing retrained.")
 
@@ -310,7 +345,7 @@ class RunSummary(WireModel):
             excess = size(raw) - limit
             keep = max(0, len(self.message.encode()) - excess - 16)
             raw["message"] = self.message.encode()[:keep].decode(errors="ignore") + "…"
-        for optional in ("eval", "adapterUri", "manifestUri", "message"):
+        for optional in ("model", "eval", "adapterUri", "manifestUri", "message"):
             if size(raw) <= limit:
                 break
             raw.pop(optional, None)
@@ -361,6 +396,7 @@ class ProgressReport(WireModel):
     trained_tokens: int = Field(default=0, description="Tokens trained on so far (non-padding).")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds until training ends.")
     checkpoints: list[CheckpointRecord] = Field(default_factory=list, description="Checkpoints of this run.")
+    model: ModelReport | None = Field(default=None, description="The base model as loaded: attention and packing.")
     last_update_time: float | None = Field(default=None, description="Unix seconds of the last update.")
 
     @computed_field  # type: ignore[prop-decorator]

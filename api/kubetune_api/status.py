@@ -93,6 +93,9 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     UNSCHEDULABLE = "Unschedulable"
     SPEC_APPLIED = "SpecApplied"
+    # True when the trainer turned packing off because this architecture lets packed rows see
+    # each other (a Warning): the run pads instead, which is correct but slower.
+    PACKING_DISABLED = "PackingDisabled"
 
 
 class Condition(_Status):
@@ -166,6 +169,20 @@ class ArtifactsStatus(_Status):
     manifest_uri: str | None = Field(default=None, description="manifest.json: provenance of the result.")
 
 
+class ModelStatus(_Status):
+    """The base model as the trainer loaded it."""
+
+    model_type: str | None = Field(default=None, description="config.json's model_type, e.g. llama, qwen3_moe.")
+    architecture: str | None = Field(default=None, description="The transformers class, e.g. LlamaForCausalLM.")
+    attention: str | None = Field(
+        default=None, description="Attention implementation loaded: flash_attention_2, sdpa, flex_attention or eager."
+    )
+    packing: bool | None = Field(default=None, description="Whether rows are packed in this run.")
+    packing_reason: str | None = Field(
+        default=None, max_length=1024, description="Why packing was turned off although the spec asked for it."
+    )
+
+
 class ErrorStatus(_Status):
     reason: str = Field(description="CamelCase failure reason, e.g. DatasetInvalid, GPUOOM, BackoffLimitExceeded.")
     message: str = Field(default="", max_length=4096, description="What went wrong, naming the field, file or URI.")
@@ -187,7 +204,7 @@ class FineTuneJobStatus(_Status):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="metav1.Conditions: SpecValid, SpecApplied, DataValidated, Admitted, Suspended, "
-        "Unschedulable, Running, CheckpointSaved, Complete, Failed.",
+        "Unschedulable, Running, CheckpointSaved, PackingDisabled, Complete, Failed.",
     )
     accepted_spec: FineTuneJobSpec | None = Field(
         default=None,
@@ -201,6 +218,7 @@ class FineTuneJobStatus(_Status):
         default_factory=list, description="The latest complete checkpoints, oldest first (bounded)."
     )
     artifacts: ArtifactsStatus | None = Field(default=None, description="Where the results are.")
+    model: ModelStatus | None = Field(default=None, description="The base model as loaded: attention, packing.")
     error: ErrorStatus | None = Field(default=None, description="The failure that ended the job.")
     attempts: int | None = Field(default=None, ge=0, description="Trainer attempts started (retries + 1).")
     last_failure: LastFailureStatus | None = Field(default=None, description="The failure that caused the last retry.")

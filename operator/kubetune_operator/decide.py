@@ -36,7 +36,13 @@ from kubetune_api.status import (
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.pod_outcome import Outcome, classify_pod
 from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.status_from_reports import apply_progress, apply_summary, job_phase, preflight_status
+from kubetune_operator.status_from_reports import (
+    apply_progress,
+    apply_summary,
+    job_phase,
+    model_status,
+    preflight_status,
+)
 from kubetune_operator.validation import parse_spec, validate
 from kubetune_operator.views import JobView, PodView, latest_pod
 
@@ -254,6 +260,8 @@ def _preflight(draft: _Draft, spec: FineTuneJobSpec) -> bool:
         else None
     )
     draft.status.preflight = report
+    if isinstance(outcome.report, PreflightReport) and outcome.report.model is not None:
+        draft.status.model = model_status(outcome.report.model)  # the architecture, before any GPU
     rows, tokens, steps = (report.train_rows, report.train_tokens, report.estimated_steps) if report else (0, 0, 0)
     message = f"{rows} training rows, {tokens} tokens, {steps} steps planned"
     draft.condition(C.DATA_VALIDATED, True, "Validated", message)
@@ -419,6 +427,7 @@ def _progressing(draft: _Draft, job: JobView, pods: list[PodView]) -> Decision:
     step, total, trainer_phase = progress.step, progress.total_steps, str(progress.phase)
     draft.condition(C.RUNNING, True, "Training", f"step {step}/{total} ({trainer_phase})")
     _note_checkpoint(draft)
+    _note_packing(draft)
     draft.phase(job_phase(progress), f"{trainer_phase.lower()}: step {step}/{total}")
     return draft.decision
 
@@ -434,9 +443,19 @@ def _note_checkpoint(draft: _Draft) -> None:
         draft.event("Normal", "CheckpointSaved", message)
 
 
+def _note_packing(draft: _Draft) -> None:
+    """A Warning, once, when the trainer had to pad because packed rows would have leaked."""
+    model = draft.status.model
+    if model is None or model.packing is not False or not model.packing_reason:
+        return
+    if draft.condition(C.PACKING_DISABLED, True, "PackedRowsLeak", model.packing_reason):
+        draft.event("Warning", "PackingDisabled", model.packing_reason)
+
+
 def _succeeded(draft: _Draft, spec: FineTuneJobSpec, outcome: Outcome) -> Decision:
     summary = outcome.report if isinstance(outcome.report, RunSummary) else None
     apply_summary(draft.status, summary, spec)
+    _note_packing(draft)  # a run too short for any poll to have seen it
     draft.status.completion_time = draft.now
     draft.status.error = None
     adapter = (draft.status.artifacts.adapter_uri if draft.status.artifacts else None) or spec.output.uri

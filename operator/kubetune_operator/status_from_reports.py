@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from kubetune_api.protocol import CheckpointRecord, PreflightReport, ProgressReport, RunSummary, TrainerPhase
+from kubetune_api.protocol import (
+    CheckpointRecord,
+    ModelReport,
+    PreflightReport,
+    ProgressReport,
+    RunSummary,
+    TrainerPhase,
+)
 from kubetune_api.spec import FineTuneJobSpec
 from kubetune_api.status import (
     ArtifactsStatus,
@@ -17,6 +24,7 @@ from kubetune_api.status import (
     FineTuneJobStatus,
     MemoryFit,
     MetricsStatus,
+    ModelStatus,
     Phase,
     PreflightStatus,
     ProgressStatus,
@@ -105,7 +113,20 @@ def apply_progress(status: FineTuneJobStatus, progress: ProgressReport, max_chec
             setattr(metrics, name, value)
     status.metrics = metrics
     status.trained_tokens = progress.trained_tokens
+    if progress.model is not None:
+        status.model = model_status(progress.model)
     status.checkpoints = merge_checkpoints(status.checkpoints, progress.checkpoints)[-max_checkpoints:]
+
+
+def model_status(report: ModelReport) -> ModelStatus:
+    packing = report.packing
+    return ModelStatus(
+        model_type=report.model_type,
+        architecture=report.architecture,
+        attention=report.attention,
+        packing=packing.used if packing else None,
+        packing_reason=packing.reason[:1024] if packing and packing.reason else None,
+    )
 
 
 def merge_checkpoints(known: list[CheckpointStatus], reported: list[CheckpointRecord]) -> list[CheckpointStatus]:
@@ -138,5 +159,7 @@ def apply_summary(status: FineTuneJobStatus, summary: RunSummary | None, spec: F
             metrics.train_loss = _round(summary.train_loss)
         progress.step, progress.total_steps = summary.step, summary.total_steps
         status.trained_tokens = summary.trained_tokens
+        if summary.model is not None:
+            status.model = model_status(summary.model)
     status.metrics = metrics
     status.progress = progress

@@ -6,18 +6,22 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-from conftest import trainer_config, write_jsonl
+from conftest import trainer_config, upload_dir, write_jsonl
 from kubetune_api.protocol import FailureReason, PreflightReport, RunStatus, RunSummary
 from kubetune_trainer.cli import kubetune_train
 
 
-def run_preflight(tmp_path: Path, model_dir: Path, train: Path, *extra: str) -> tuple[int, Path]:
+def run_preflight(
+    tmp_path: Path, model_dir: Path, train: Path, *extra: str, model_uri: str | None = None, endpoint: str | None = None
+) -> tuple[int, Path]:
     config = trainer_config(
-        str(model_dir),
+        model_uri or str(model_dir),
         str(train),
         str(tmp_path / "out"),
         cache_dir=tmp_path / "cache",
+        endpoint=endpoint,
         runtime={"cache_dir": str(tmp_path / "cache"), "termination_message_path": str(tmp_path / "term")},
     )
     path = tmp_path / "trainer.json"
@@ -28,9 +32,14 @@ def run_preflight(tmp_path: Path, model_dir: Path, train: Path, *extra: str) -> 
 def test_preflight_reports_rows_tokens_and_steps_without_weights(
     tmp_path: Path, tiny_model_dir: Path, numbers_path: Path
 ) -> None:
-    tokenizer_only = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, tokenizer_only, ignore=shutil.ignore_patterns("*.safetensors"))
-    code, term = run_preflight(tmp_path, tokenizer_only, numbers_path)
+    # Each weight file is cut down to its header: preflight reads the tensor shapes (to check
+    # them against config.json) and nothing else, so it still validates.
+    headers_only = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, headers_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    for weights in tiny_model_dir.glob("*.safetensors"):
+        data = weights.read_bytes()
+        (headers_only / weights.name).write_bytes(data[: 8 + int.from_bytes(data[:8], "little")])
+    code, term = run_preflight(tmp_path, headers_only, numbers_path)
     assert code == 0
     report = PreflightReport.model_validate_json(term.read_text())
     assert report.status == "Validated"
@@ -71,3 +80,76 @@ def test_preflight_fails_a_bad_dataset_with_a_user_error(tmp_path: Path, tiny_mo
     assert summary.status == RunStatus.FAILED and summary.reason == FailureReason.DATASET_INVALID
     assert summary.user_error is True
     assert summary.message is not None and "train.jsonl line 2: invalid JSON" in summary.message
+
+
+def _copy_model(tiny_model_dir: Path, dest: Path) -> Path:
+    shutil.copytree(tiny_model_dir, dest)
+    return dest
+
+
+def _failure(term: Path) -> RunSummary:
+    summary = RunSummary.model_validate_json(term.read_text())
+    assert summary.status == RunStatus.FAILED and summary.message is not None
+    return summary
+
+
+def test_preflight_refuses_a_model_folder_without_config_json(
+    tmp_path: Path, tiny_model_dir: Path, numbers_path: Path
+) -> None:
+    model = _copy_model(tiny_model_dir, tmp_path / "model")
+    (model / "config.json").unlink()
+    code, term = run_preflight(tmp_path, model, numbers_path)
+    summary = _failure(term)
+    assert code == 13 and summary.reason == FailureReason.MODEL_INVALID and summary.user_error is True
+    assert f"{model}/config.json: no config.json" in str(summary.message)
+
+
+def test_preflight_refuses_an_unknown_model_type_as_unsupported_not_a_user_error(
+    tmp_path: Path, tiny_model_dir: Path, numbers_path: Path
+) -> None:
+    model = _copy_model(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "llama99"}))
+    code, term = run_preflight(tmp_path, model, numbers_path)
+    summary = _failure(term)
+    assert code == 30 and summary.reason == FailureReason.UNSUPPORTED_MODEL and summary.user_error is False
+    assert f"{model}/config.json: model_type 'llama99' is not known to transformers" in str(summary.message)
+    assert "not supported by kubetune" in str(summary.message)
+
+
+def test_preflight_refuses_weights_that_do_not_match_the_config(
+    tmp_path: Path, tiny_model_dir: Path, numbers_path: Path
+) -> None:
+    # config.json says a larger hidden size than the weights were saved with.
+    model = _copy_model(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] * 2}))
+    code, term = run_preflight(tmp_path, model, numbers_path)
+    summary = _failure(term)
+    assert code == 13 and summary.reason == FailureReason.MODEL_INVALID
+    assert "model.safetensors: tensor model.layers.0.mlp." in str(summary.message)
+    assert "config.json implies" in str(summary.message)
+
+
+def test_preflight_refuses_a_corrupt_weights_header_naming_the_file(
+    tmp_path: Path, tiny_model_dir: Path, numbers_path: Path
+) -> None:
+    model = _copy_model(tiny_model_dir, tmp_path / "model")
+    (model / "model.safetensors").write_bytes((20).to_bytes(8, "little") + b"{this is not json!!}")
+    code, term = run_preflight(tmp_path, model, numbers_path)
+    summary = _failure(term)
+    assert code == 13 and summary.reason == FailureReason.MODEL_INVALID
+    assert f"{model}/model.safetensors: not a readable safetensors file" in str(summary.message)
+
+
+def test_preflight_reads_weight_headers_from_s3_with_ranged_gets(
+    tmp_path: Path, tiny_model_dir: Path, numbers_path: Path, s3_endpoint: str, s3_client: Any, bucket: str
+) -> None:
+    model = _copy_model(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] * 2}))
+    upload_dir(s3_client, model, bucket, "model")
+    code, term = run_preflight(tmp_path, model, numbers_path, model_uri=f"s3://{bucket}/model/", endpoint=s3_endpoint)
+    summary = _failure(term)
+    assert code == 13 and summary.reason == FailureReason.MODEL_INVALID
+    assert f"s3://{bucket}/model/: model.safetensors: tensor model.layers.0.mlp." in str(summary.message)

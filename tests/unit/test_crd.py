@@ -246,6 +246,7 @@ def test_status_documents_what_kubectl_explain_should_show(root_schema: JSON) ->
         "metrics",
         "checkpoints",
         "artifacts",
+        "model",
         "error",
         "attempts",
         "lastFailure",

@@ -21,6 +21,7 @@ from kubetune_api.status import (
     FineTuneJobStatus,
     MemoryFit,
     MetricsStatus,
+    ModelStatus,
     Phase,
     PreflightStatus,
     ProgressStatus,
@@ -235,6 +236,7 @@ def test_passed_preflight_records_the_numbers_and_starts_attempt_one() -> None:
         memory_fit=MemoryFit.FITS,
     )
     assert conditions(plan)["DataValidated"].status == "True"
+    assert plan.status.model == ModelStatus(model_type="qwen3", architecture="Qwen3ForCausalLM")
     assert plan.create_attempt == 1 and plan.status.attempts == 1
     assert plan.attempt_deadline_seconds == 86_400
     assert plan.status.phase == Phase.INITIALIZING
@@ -361,6 +363,55 @@ def test_progress_fills_status_and_checkpoint_condition() -> None:
     assert plan.status.start_time == NOW and wire["startTime"] == rfc3339(NOW)
     again = decide(snap(raw, plan.status, jobs=(kjob(),), pods=(kpod(),), progress=progress()), SETTINGS)
     assert not again.events  # level-triggered: nothing new, nothing posted
+
+
+LEAK = "JambaForCausalLM: packed rows see each other in this architecture (...); rows are padded instead"
+
+
+def test_model_report_fills_status_model_and_packing_turned_off_warns_once() -> None:
+    raw = spec()
+    model = {
+        "modelType": "jamba",
+        "architecture": "JambaForCausalLM",
+        "attention": "sdpa",
+        "packing": {"requested": True, "used": False, "reason": LEAK},
+    }
+    plan = decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),), progress=progress(model=model)), SETTINGS)
+    assert plan.status.model == ModelStatus(
+        model_type="jamba", architecture="JambaForCausalLM", attention="sdpa", packing=False, packing_reason=LEAK
+    )
+    assert plan.status.to_wire()["model"]["packingReason"] == LEAK
+    packing = conditions(plan)["PackingDisabled"]
+    assert (packing.status, packing.reason, packing.message) == ("True", "PackedRowsLeak", LEAK)
+    warnings = [e for e in plan.events if e.reason == "PackingDisabled"]
+    assert [(e.type, e.message) for e in warnings] == [("Warning", LEAK)]
+    again = decide(snap(raw, plan.status, jobs=(kjob(),), pods=(kpod(),), progress=progress(model=model)), SETTINGS)
+    assert not [e for e in again.events if e.reason == "PackingDisabled"], "posted once"
+
+
+def test_packing_kept_sets_no_condition_and_posts_nothing() -> None:
+    raw = spec()
+    model = {"modelType": "llama", "architecture": "LlamaForCausalLM", "attention": "sdpa"}
+    model["packing"] = {"requested": True, "used": True}
+    plan = decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),), progress=progress(model=model)), SETTINGS)
+    assert plan.status.model is not None and plan.status.model.packing is True
+    assert "PackingDisabled" not in conditions(plan)
+    assert "PackingDisabled" not in reasons(plan)
+
+
+def test_a_run_too_short_to_poll_still_warns_from_its_summary() -> None:
+    raw = spec()
+    summary = {"status": "Succeeded", "job": "ft", "step": 3, "totalSteps": 3}
+    summary["model"] = {
+        "modelType": "jamba",
+        "architecture": "JambaForCausalLM",
+        "packing": {"requested": True, "used": False, "reason": LEAK},
+    }
+    done = kpod(phase="Succeeded", exit_code=0, message=json.dumps(summary))
+    plan = decide(snap(raw, accepted(raw), jobs=(kjob(condition=("Complete", "")),), pods=(done,)), SETTINGS)
+    assert plan.status.phase == Phase.SUCCEEDED
+    assert conditions(plan)["PackingDisabled"].status == "True"
+    assert ("Warning", "PackingDisabled") in [(e.type, e.reason) for e in plan.events]
 
 
 @pytest.mark.parametrize(
@@ -491,6 +542,7 @@ def test_retries_stop_at_backoff_limit() -> None:
         (failed_pod(12, "DatasetInvalid"), "DatasetInvalid"),
         (failed_pod(15, "S3AccessDenied"), "S3AccessDenied"),
         (failed_pod(22, "GPUOOM"), "GPUOOM"),
+        (failed_pod(30, "UnsupportedModel"), "UnsupportedModel"),  # kubetune's limit: a retry cannot help
         (kpod(phase="Failed", exit_code=137, terminated_reason="OOMKilled"), "OOMKilled"),
         (kpod(phase="Pending", started=None, waiting="ImagePullBackOff", message="pull denied"), "ImagePullBackOff"),
     ],

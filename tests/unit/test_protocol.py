@@ -129,7 +129,8 @@ def test_run_summary_termination_message_is_pinned() -> None:
 
 def test_preflight_report_wire_shape_is_pinned() -> None:
     wire = PREFLIGHT.to_wire()
-    assert list(wire) == ["version", "status", "job", "data", "plan", "memory"]
+    assert list(wire) == ["version", "status", "job", "data", "plan", "memory", "model"]
+    assert wire["model"] == {"modelType": "qwen3", "architecture": "Qwen3ForCausalLM"}
     assert wire["status"] == "Validated"
     assert wire["data"]["trainRows"] == 900 and wire["data"]["packingEfficiency"] == 0.97
     assert wire["plan"] == {
@@ -226,10 +227,11 @@ def test_failure_table_is_consistent() -> None:
     for info in FAILURES.values():
         assert info.advice.endswith(".") and len(info.advice) < 120
         if info.exit_code is not None and info.exit_code < 128:
-            expected = ErrorKind.USER if 10 <= info.exit_code < 20 else ErrorKind.INFRASTRUCTURE
-            assert info.kind is expected, info
-        if info.kind is ErrorKind.USER:
-            assert not info.retryable, f"{info.reason}: a retry cannot fix a user error"
+            ranges = {ErrorKind.USER: range(10, 20), ErrorKind.INFRASTRUCTURE: range(20, 30)}
+            ranges[ErrorKind.UNSUPPORTED] = range(30, 40)
+            assert info.exit_code in ranges[info.kind], info
+        if info.kind in (ErrorKind.USER, ErrorKind.UNSUPPORTED):
+            assert not info.retryable, f"{info.reason}: a retry cannot fix a {info.kind} error"
 
 
 @pytest.mark.parametrize(
@@ -244,6 +246,8 @@ def test_failure_table_is_consistent() -> None:
         (137, FailureReason.KILLED),
         (17, FailureReason.USER_ERROR),  # a newer trainer's user error: judged by its range
         (27, FailureReason.INFRASTRUCTURE_ERROR),
+        (30, FailureReason.UNSUPPORTED_MODEL),
+        (35, FailureReason.UNSUPPORTED_MODEL),  # a newer trainer's limit: judged by its range
     ],
 )
 def test_exit_codes_map_to_reasons(code: int, reason: FailureReason) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar
 
-from kubetune_api.protocol import FAILURES, FailureReason, RunStatus, RunSummary
+from kubetune_api.protocol import FAILURES, ErrorKind, FailureReason, RunStatus, RunSummary
 
 
 class KubetuneError(Exception):
@@ -27,6 +27,7 @@ class KubetuneError(Exception):
     reason: ClassVar[FailureReason] = FailureReason.INFRASTRUCTURE_ERROR
     exit_code: ClassVar[int]
     user_error: ClassVar[bool]
+    error_kind: ClassVar[ErrorKind]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -39,10 +40,13 @@ class KubetuneError(Exception):
             raise TypeError(f"{cls.__name__}: {info.reason} has no trainer exit code")
         cls.exit_code = info.exit_code
         cls.user_error = info.user_error
+        cls.error_kind = info.kind
 
     @property
     def kind(self) -> str:
-        return "user error" if self.user_error else "infrastructure error"
+        return {ErrorKind.USER: "user error", ErrorKind.UNSUPPORTED: "not supported by kubetune"}.get(
+            self.error_kind, "infrastructure error"
+        )
 
     def describe(self) -> str:
         return f"{self.reason} ({self.kind}): {self}"
@@ -73,6 +77,12 @@ class NotFound(UserError):
 
 class S3AccessDenied(UserError):
     reason = FailureReason.S3_ACCESS_DENIED
+
+
+class UnsupportedModel(KubetuneError):
+    """An architecture kubetune cannot train (yet): our limit, so neither a user error nor retried."""
+
+    reason = FailureReason.UNSUPPORTED_MODEL
 
 
 class InfraError(KubetuneError):

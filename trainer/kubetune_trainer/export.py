@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_api.protocol import DataStats, Evaluations, RunStatus, RunSummary, StepPlan
+from kubetune_api.protocol import DataStats, Evaluations, ModelReport, RunStatus, RunSummary, StepPlan
 from kubetune_api.status import rfc3339
 from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer.errors import ExportFailed, KubetuneError
@@ -85,6 +85,7 @@ def build_manifest(
     state: TrainState,
     plan: StepPlan,
     numerics: Numerics,
+    model_report: ModelReport,
     device: str,
     processes: int,
     model_fingerprint: dict[str, Any],
@@ -99,6 +100,8 @@ def build_manifest(
         "job": {"name": config.job_name, "namespace": config.namespace, "attempt": state.attempt},
         "baseModel": {
             "uri": config.base_model_uri,
+            "modelType": model_report.model_type,
+            "architecture": model_report.architecture,
             "sha256": model_fingerprint["sha256"],
             "files": model_fingerprint["files"],
         },
@@ -110,7 +113,8 @@ def build_manifest(
             "batchSize": plan.batch_size,
             "trainedTokens": state.trained_tokens,
             "precision": numerics.mixed_precision,
-            "attention": numerics.attn_implementation,
+            "attention": model_report.attention,
+            "packing": model_report.packing.to_wire() if model_report.packing else None,
             "device": device,
             "processes": processes,
         },

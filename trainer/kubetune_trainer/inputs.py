@@ -17,6 +17,7 @@ from typing import Any
 
 from kubetune_api.protocol import StepPlan, TrainerPhase
 from kubetune_api.trainer_config import TrainerConfig
+from kubetune_trainer.architectures import Architecture, classify
 from kubetune_trainer.encode import Encoder
 from kubetune_trainer.modeling import check_seq_length, load_tokenizer
 from kubetune_trainer.prepare import PreparedData, plan_steps, prepare
@@ -28,6 +29,7 @@ PhaseTimer = Callable[[TrainerPhase], AbstractContextManager[None]]
 @dataclass
 class JobInputs:
     model_dir: Path
+    architecture: Architecture
     tokenizer: Any  # a transformers fast tokenizer
     encoder: Encoder
     data: PreparedData
@@ -53,6 +55,7 @@ def load_inputs(
     """
     with phase(TrainerPhase.STAGING):
         model_dir = storage.stage_dir(config.base_model_uri, only=model_files)
+        architecture = classify(model_dir)  # a model kubetune cannot train stops here, before any GPU
         check_seq_length(model_dir, config.training.max_seq_length)
         train_path = storage.stage_file(config.dataset.train)
         validation_path = storage.stage_file(config.dataset.validation) if config.dataset.validation else None
@@ -61,4 +64,4 @@ def load_inputs(
         encoder = Encoder(tokenizer, config.training.max_seq_length, config.training.completion_only_loss)
         data = prepare(config.dataset, config.training, encoder, train_path, validation_path)
     plan = plan_steps(config.training, data.stats, device_type, world_size)
-    return JobInputs(model_dir, tokenizer, encoder, data, plan)
+    return JobInputs(model_dir, architecture, tokenizer, encoder, data, plan)

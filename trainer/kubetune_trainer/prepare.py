@@ -28,6 +28,26 @@ class PreparedData:
     validation: list[TrainSequence]
     validation_rows: list[Row]
     stats: DataStats
+    # The encoded rows the sequences were built from: kept so that packing can be turned off
+    # after the model is loaded (packing_check) without reading and tokenizing again.
+    train_examples: list[Encoded]
+    validation_examples: list[Encoded]
+
+    def without_packing(self, max_seq_length: int) -> PreparedData:
+        """The same rows, one per sequence (padded in the batch instead of packed)."""
+        train, validation = unpacked(self.train_examples), unpacked(self.validation_examples)
+        stats = self.stats.model_copy(
+            update={"train_sequences": len(train), "packing_efficiency": _efficiency(train, False, max_seq_length)}
+        )
+        return PreparedData(
+            train, validation, self.validation_rows, stats, self.train_examples, self.validation_examples
+        )
+
+
+def _efficiency(sequences: list[TrainSequence], packing: bool, max_seq_length: int) -> float:
+    tokens = sum(len(s) for s in sequences)
+    capacity = len(sequences) * max_seq_length if packing else tokens
+    return round(tokens / capacity, 4) if capacity else 1.0
 
 
 def _encode_all(encoder: Encoder, rows: list[Row]) -> tuple[list[tuple[Row, Encoded]], int, int]:
@@ -72,7 +92,6 @@ def prepare(
     val_seqs = build(val_enc)
     lengths = [len(e.input_ids) for e in train_enc]
     total_tokens = sum(lengths)
-    capacity = len(train_seqs) * training.max_seq_length if training.packing else total_tokens
     stats = DataStats(
         format=fmt.value,
         train_rows=len(train_enc),
@@ -85,9 +104,9 @@ def prepare(
         max_row_tokens=max(lengths),
         mean_row_tokens=round(total_tokens / len(lengths), 2),
         train_sequences=len(train_seqs),
-        packing_efficiency=round(total_tokens / capacity, 4) if capacity else 1.0,
+        packing_efficiency=_efficiency(train_seqs, training.packing, training.max_seq_length),
     )
-    return PreparedData(train_seqs, val_seqs, [r for r, _ in val_kept], stats)
+    return PreparedData(train_seqs, val_seqs, [r for r, _ in val_kept], stats, train_enc, val_enc)
 
 
 def resolve_epochs(training: TrainingSpec, n_examples: int) -> int:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,24 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from kubetune_api.protocol import EvalResult, Evaluations, RunStatus, RunSummary, TrainerPhase
+from kubetune_api.protocol import (
+    EvalResult,
+    Evaluations,
+    ModelReport,
+    PackingDecision,
+    RunStatus,
+    RunSummary,
+    TrainerPhase,
+)
+from kubetune_api.spec import Quantization
 from kubetune_api.trainer_config import TrainerConfig
-from kubetune_trainer import export, modeling
+from kubetune_trainer import export, modeling, quantization
 from kubetune_trainer.checkpoint import CheckpointStore, TrainState, resume_key
+from kubetune_trainer.errors import UnsupportedModel
 from kubetune_trainer.evaluate import eval_loss, exact_match
 from kubetune_trainer.inputs import JobInputs, load_inputs
+from kubetune_trainer.packing_check import check_packing
+from kubetune_trainer.prepare import plan_steps
 from kubetune_trainer.progress import ProgressReporter
 from kubetune_trainer.signals import sigterm_sets
 from kubetune_trainer.storage import Storage, fingerprint_dir
@@ -73,6 +85,7 @@ class Session:
     resumed_from: int | None  # the checkpoint step, or None for a fresh start
     model_fingerprint: dict[str, Any]
     data_fingerprints: list[dict[str, Any]]
+    model_report: ModelReport  # architecture, attention loaded, packing as run
 
 
 class LoRAFinetuneRecipe:
@@ -134,7 +147,18 @@ class LoRAFinetuneRecipe:
 
         set_seed(cfg.training.seed)
         with self._phase(TrainerPhase.LOADING):
-            base = modeling.load_model(inputs.model_dir, numerics, cfg.training.gradient_checkpointing)
+            base = modeling.load_model(
+                inputs.model_dir,
+                numerics,
+                cfg.training.gradient_checkpointing,
+                device_type,
+                quantize=cfg.lora.quantization,
+            )
+            if getattr(base, "hf_quantizer", None) is None:  # a quantised model is placed as it loads
+                base.to(accelerator.device)  # the packing check runs where training will
+            inputs, model_report = self._check_packing(base, inputs, device_type, accelerator.num_processes)
+            self.reporter.update(model=model_report)
+            set_seed(cfg.training.seed)  # the check drew no random numbers from torch's stream, but be sure
             model = modeling.add_lora(base, cfg.lora)
             model_fingerprint = fingerprint_dir(inputs.model_dir)
             data_uris = [uri for uri in (cfg.dataset.train, cfg.dataset.validation) if uri]
@@ -142,7 +166,7 @@ class LoRAFinetuneRecipe:
         trainable, total = modeling.count_parameters(model)
         self.on_event(
             f"model: {total:,} parameters, {trainable:,} trainable (LoRA r={cfg.lora.r}); "
-            f"{_precision_name(numerics)} on {device_type}, attention {numerics.attn_implementation}; "
+            f"{_precision_name(numerics)} on {device_type}, attention {model_report.attention}; "
             f"{plan.total_steps} steps ({plan.epochs} epochs x {plan.steps_per_epoch}), "
             f"batch {plan.batch_size} x accumulation {plan.gradient_accumulation_steps}"
         )
@@ -173,7 +197,39 @@ class LoRAFinetuneRecipe:
             resumed_from=latest,
             model_fingerprint=model_fingerprint,
             data_fingerprints=data_fingerprints,
+            model_report=model_report,
         )
+
+    def _check_packing(
+        self, base: Any, inputs: JobInputs, device_type: str, world_size: int
+    ) -> tuple[JobInputs, ModelReport]:
+        """Keep packing only if this model keeps packed rows apart (packing_check); else pad.
+
+        Every rank runs the same deterministic check, so all ranks agree without talking."""
+        cfg = self.config
+        arch = inputs.architecture
+        report = ModelReport(
+            model_type=arch.model_type,
+            architecture=type(base).__name__,
+            attention=modeling.attention_implementation(base),
+            packing=PackingDecision(requested=cfg.training.packing, used=cfg.training.packing),
+        )
+        if not cfg.training.packing:
+            return inputs, report
+        try:
+            check = check_packing(base, int(base.config.get_text_config().vocab_size), base.device, cfg.training.seed)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            # The base model cannot run a forward pass of a few tokens in this transformers.
+            raise UnsupportedModel(f"{report.architecture}: a forward pass fails: {type(exc).__name__}: {exc}") from exc
+        if check.isolated:
+            return inputs, report
+        reason = f"{report.architecture}: {check.describe()}"
+        self.on_event(f"Warning: packing turned off: {reason}")
+        training = cfg.training.model_copy(update={"packing": False})
+        data = inputs.data.without_packing(training.max_seq_length)
+        plan = plan_steps(training, data.stats, device_type, world_size)
+        report.packing = PackingDecision(requested=True, used=False, reason=reason)
+        return replace(inputs, data=data, plan=plan), report
 
     def train(self, session: Session) -> None:
         ctx = TrainContext(
@@ -241,6 +297,7 @@ class LoRAFinetuneRecipe:
             trained_tokens=state.trained_tokens,
             train_loss=state.loss_history[-1]["loss"] if state.loss_history else None,
             eval=evaluations,
+            model=session.model_report,
         )
         if accelerator.is_main_process:
             with self._phase(TrainerPhase.EXPORTING):
@@ -252,6 +309,7 @@ class LoRAFinetuneRecipe:
                     state=state,
                     plan=session.inputs.plan,
                     numerics=session.numerics,
+                    model_report=session.model_report,
                     device=accelerator.device.type,
                     processes=accelerator.num_processes,
                     model_fingerprint=session.model_fingerprint,

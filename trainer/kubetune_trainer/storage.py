@@ -333,6 +333,21 @@ class Storage:
         assert loc.path is not None
         return loc.path.read_text() if loc.path.is_file() else None
 
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        """`length` bytes from `start` (fewer at the end of the object): file headers without the file."""
+        loc = parse_uri(uri)
+        if loc.is_s3:
+            assert loc.bucket is not None
+            with self._s3_call(uri):
+                body = self.s3.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + length - 1}")
+                return bytes(body["Body"].read())
+        assert loc.path is not None
+        if not loc.path.is_file():
+            raise NotFound(f"{uri}: no such file")
+        with loc.path.open("rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
+
     def mark_complete(self, uri: str, record: dict[str, Any]) -> None:
         """Declare the folder at `uri` whole; call after every other file is written."""
         self.put_bytes(json.dumps(record).encode(), parse_uri(uri).join(COMPLETE_MARKER).uri)

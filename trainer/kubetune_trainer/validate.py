@@ -19,7 +19,7 @@ from kubetune_trainer.errors import ModelInvalid
 from kubetune_trainer.inputs import load_inputs
 from kubetune_trainer.memory import estimate_memory
 from kubetune_trainer.modeling import TOKENIZER_FILES
-from kubetune_trainer.storage import Storage
+from kubetune_trainer.storage import Storage, parse_uri
 
 
 def validate_job(config: TrainerConfig, plan_device: str | None = None, world_size: int = 1) -> PreflightReport:
@@ -36,4 +36,27 @@ def validate_job(config: TrainerConfig, plan_device: str | None = None, world_si
     memory = None
     if device == "cuda" and "hidden_size" in model_config:
         memory = estimate_memory(model_config, config.training, config.lora, inputs.plan.batch_size)
-    return PreflightReport(job=config.job_name, data=inputs.data.stats, plan=inputs.plan, memory=memory)
+    check_weights(config.base_model_uri, inputs.model_dir, storage)
+    arch = inputs.architecture
+    model = ModelReport(model_type=arch.model_type, architecture=arch.class_name)
+    return PreflightReport(job=config.job_name, data=inputs.data.stats, plan=inputs.plan, memory=memory, model=model)
+
+
+def check_weights(model_uri: str, config_dir: Path, storage: Storage) -> None:
+    """The weight files' tensor shapes against config.json, from their headers only (no weights
+    are downloaded): weights of another size or variant fail here, not after a GPU is granted."""
+    base = parse_uri(model_uri)
+    files: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name in storage.list_children(model_uri):
+        if not name.endswith(".safetensors"):
+            continue
+        uri = base.join(name).uri
+        try:
+            prefix = storage.read_range(uri, 0, 8)
+            header = prefix + storage.read_range(uri, 8, architectures.header_length(prefix) - 8)
+            files[name] = architectures.safetensors_shapes(header)
+        except (ValueError, KeyError, struct.error) as exc:  # json.JSONDecodeError is a ValueError
+            raise ModelInvalid(f"{uri}: not a readable safetensors file: {exc}") from exc
+    problem = architectures.weights_problem(architectures.expected_shapes(config_dir), files)
+    if problem:
+        raise ModelInvalid(f"{model_uri}: {problem}")

@@ -125,6 +125,8 @@ def _print_validation(report: PreflightReport) -> None:
     for section in (report.data, report.plan):
         for key, value in section.model_dump(by_alias=False).items():
             table.add_row(key, str(value))
+    if report.model is not None:
+        table.add_row("model", f"{report.model.architecture} ({report.model.model_type})")
     Console().print(table)
 
 
@@ -151,6 +153,11 @@ def _print_summary(summary: RunSummary) -> None:
     console.print(
         f"steps: {summary.step}, trained tokens: {summary.trained_tokens:,}, time: {summary.duration_seconds:.1f}s"
     )
+    model = summary.model
+    if model is not None:
+        console.print(f"model:    {model.architecture} ({model.model_type}), attention {model.attention}")
+        if model.packing is not None and model.packing.requested and not model.packing.used:
+            console.print(f"[yellow]warning: packing turned off: {model.packing.reason}[/yellow]")
     console.print(f"adapter:  {summary.adapter_uri}")
     console.print(f"manifest: {summary.manifest_uri}")
 
