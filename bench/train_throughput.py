@@ -1,25 +1,23 @@
 """Training throughput: kubetune's trainer against a plain transformers `Trainer` + PEFT LoRA.
 
-    python bench/train_throughput.py                      # quickstart model + data, 12 epochs, 3 repeats, 3 trainers
-    python bench/train_throughput.py --repeats 7          # tighter medians on a noisy machine
-    python bench/train_throughput.py --mix 8              # rows of skewed lengths (1..8 quickstart rows each)
-    python bench/train_throughput.py --profile 20         # torch.profiler breakdown of 20 steps per side
-    python bench/train_throughput.py --model llama-1b     # Llama-3.2-1B shape, random weights, seq 2048 (GPU)
+    python bench/train_throughput.py                      # chat rows of 20..1500 tokens, quickstart-sized Llama, CPU
+    python bench/train_throughput.py --dataset numbers    # the quickstart's uniform ~12-token rows, seq 128
+    python bench/train_throughput.py --profile 5          # torch.profiler breakdown of 5 steps per side
+    python bench/train_throughput.py --device cuda --shape llama-1b --seq 2048   # GPU: tokens/s, MFU, peak memory
 
 Both sides train the same LoRA (same r, alpha, targets, dropout, seed) on the same base model,
 on the same train rows tokenized by `kubetune_trainer.encode.Encoder` (completion-only labels),
-with the same learning rate, schedule and number of epochs. Two baselines run beside kubetune:
-one with the same number of *rows* per optimizer step (isolates packing against padding), and one
-with the Trainer's default `per_device_train_batch_size=8` (the same `batchSize: 8` knob a user
-sets in kubetune, which packs ~10 rows into each of its 8 sequences):
+with the same learning rate, schedule, number of epochs and number of rows per optimizer step:
 
     kubetune  `recipe.run_training` with a TrainerConfig built here: packing on, exact match off,
               no intermediate checkpoints. Loop time runs from the start of the first optimizer
               step to the end of the last one (from the `on_step` callback; the final checkpoint
               save after the loop is left out, like the baseline's save_strategy="no").
-    baseline  `transformers.Trainer` with default settings: random sampler, default dataloader,
-              `DataCollatorForSeq2Seq` padding to the longest row of each batch, report_to none,
-              no eval, no saving. Loop time is on_train_begin .. on_train_end of a TrainerCallback.
+    baseline  `transformers.Trainer` as a user runs it: random sampler, default dataloader,
+              `DataCollatorForSeq2Seq` padding to the longest row of each batch, the default
+              per_device_train_batch_size=8 with gradient accumulation up to kubetune's rows per
+              step, report_to none, no eval, no saving. Loop time is on_train_begin .. on_train_end.
+    baseline-default (--sides)  the Trainer with 8 rows per optimizer step and no accumulation.
 
 Throughput is NON-PADDING tokens per second of training-loop time: model loading, data
 preparation, evaluation and export are outside both clocks. Runs alternate order on every
@@ -29,6 +27,7 @@ repeat and the table reports medians.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib
 import itertools
@@ -73,9 +72,12 @@ class Setup:
     """Everything both trainers share: hyper-parameters mirror examples/quickstart/finetunejob.yaml."""
 
     model: str
+    dataset: str
     seq_len: int
     epochs: int
     batch_size: int  # kubetune: packed sequences per step
+    baseline_micro_batch: int  # HF Trainer rows per forward pass (0: the whole optimizer step at once)
+    baseline_sampler: str = "random"  # TrainingArguments.train_sampling_strategy
     learning_rate: float = 3e-3
     lora_r: int = 16
     lora_alpha: float = 32.0
@@ -83,7 +85,8 @@ class Setup:
     validation_split: float = 0.2
     seed: int = 42
     device: str = "auto"
-    profile_steps: int = 0  # > 0: torch.profiler over that many steps after PROFILE_AFTER warm-up steps
+    profile_steps: int = 0  # > 0: torch.profiler over that many steps after `profile_after` warm-up steps
+    profile_after: int = 10
 
 
 @dataclass
@@ -111,6 +114,7 @@ class Result:
     eval_loss: float | None
     step_seconds: list[float] = field(default_factory=list)  # end of step i-1 (or loop start) to end of step i
     others_cpu: float | None = None  # CPUs kept busy by other processes during the run, on average
+    peak_memory_bytes: int | None = None  # CUDA only: torch.cuda.max_memory_allocated() over the run
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -127,28 +131,28 @@ def _intervals(start: float, ends: Sequence[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise([start, *ends])]
 
 
-PROFILE_AFTER = 10
+PROFILE_AFTER = 10  # warm-up steps before --profile starts, fewer when a run has fewer steps
 
 
 class StepProfiler:
-    """torch.profiler over optimizer steps PROFILE_AFTER+1 .. PROFILE_AFTER+n, driven by step callbacks."""
+    """torch.profiler over optimizer steps after+1 .. after+n, driven by step callbacks."""
 
-    def __init__(self, name: str, steps: int) -> None:
-        self.name, self.steps = name, steps
+    def __init__(self, name: str, steps: int, after: int = PROFILE_AFTER) -> None:
+        self.name, self.steps, self.after = name, steps, after
         self.prof: torch.profiler.profile | None = None
         self.started = 0.0
 
     def after_step(self, step: int) -> None:
         if self.steps <= 0:
             return
-        if step == PROFILE_AFTER:
+        if step == self.after:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self.prof = torch.profiler.profile(activities=activities)
             self.prof.start()
             self.started = time.perf_counter()
-        elif step == PROFILE_AFTER + self.steps and self.prof is not None:
+        elif step == self.after + self.steps and self.prof is not None:
             _sync()
             wall = time.perf_counter() - self.started
             self.prof.stop()
@@ -183,34 +187,62 @@ def _quickstart_builder() -> Any:
     return importlib.import_module("build_base_model")
 
 
-def build_model(kind: str, out: Path, data_path: Path) -> Path:
-    """The quickstart toy Llama (hidden 128, 4 layers), or a random Llama-3.2-1B-shaped model with
-    the quickstart tokenizer (token ids stay far below the 128256 vocabulary)."""
-    builder = _quickstart_builder()
-    if kind == "quickstart":
-        return Path(builder.build(out))
+# Llama shapes. quickstart: examples/quickstart/build_base_model.build() (vocabulary = the tokenizer's);
+# llama-1b: Llama-3.2-1B (vocabulary 128256 whatever the tokenizer, tied embeddings, rope theta 500k).
+SHAPES: dict[str, dict[str, Any]] = {
+    "quickstart": {
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+    },
+    "llama-1b": {
+        "vocab_size": 128256,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+    },
+}
+
+
+def data_tokenizer(data_path: Path) -> Any:
+    """The quickstart's BPE trained on the data's own text (prompt + completion, or chat contents)."""
+    texts = []
+    for line in data_path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            parts = [m.get("content", "") for m in row["messages"]] if "messages" in row else list(row.values())
+            texts.append(("" if "prompt" in row else " ").join(str(part) for part in parts))
+    return _quickstart_builder().build_tokenizer(texts)
+
+
+def build_model(shape: str, out: Path, tokenizer: Any, seq_len: int) -> Path:
+    """A Llama of `shape` with random weights (seed 0) and `tokenizer`, saved with save_pretrained.
+    With the quickstart shape and the quickstart data this is exactly build_base_model.build()."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    rows = [json.loads(line) for line in data_path.read_text().splitlines() if line.strip()]
-    tokenizer = builder.build_tokenizer([str(r.get("prompt", "")) + str(r.get("completion", "")) for r in rows])
+    dims = dict(SHAPES[shape])
+    dims["max_position_embeddings"] = max(dims["max_position_embeddings"], seq_len)
+    dims.setdefault("vocab_size", len(tokenizer))
     config = LlamaConfig(
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=131072,
-        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        **dims,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = LlamaForCausalLM(config).bfloat16()
+    large = shape != "quickstart"
+    with torch.device("cuda" if large and torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config)
+    if large:
+        model = model.bfloat16()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -228,21 +260,19 @@ def matmul_params(config: Any) -> int:
     return int(layers * (q_o + k_v + 3 * d * inter) + vocab * d)
 
 
-def flops_per_token(config: Any, attention_len: float) -> float:
-    """DESIGN's LoRA training estimate: 4·N (forward 2N + backward activation grads 2N; frozen base
-    weights need no weight grads) plus causal attention 6·L·s·d for forward and backward."""
-    return float(4 * matmul_params(config) + 6 * config.num_hidden_layers * attention_len * config.hidden_size)
+def mfu(tokens_per_second: float, n_params: int, peak: float) -> float:
+    """The usual 6·N·tokens/s convention (forward 2N + backward 4N), over the device's bf16 peak. LoRA skips
+    the frozen weights' gradients (≈ 4·N of real work), so 6·N overstates the FLOPs done by about 1.5x; it is
+    the number other trainers publish, so it is the one comparable with them."""
+    return tokens_per_second * 6 * n_params / peak
 
 
-def mfu(tokens_per_second: float, config: Any, attention_len: float, peak_flops: float) -> float:
-    return tokens_per_second * flops_per_token(config, attention_len) / peak_flops
-
-
-def peak_flops() -> float | None:
+def peak_flops() -> tuple[str, float] | None:
+    """(device name, dense bf16 peak FLOP/s) when on CUDA and the device is known."""
     if not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name()
-    return next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
+    return next(((name, value) for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -314,6 +344,114 @@ def mixed_lengths(source: Path, most: int, out: Path, seed: int = 0) -> Path:
     return out
 
 
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+CHAT_SYSTEM = "Write each number in digits, in order."
+CHAT_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>")  # kubetune's fallback template (ChatML) markers
+
+
+def number_words(n: int) -> str:
+    """0..999 in words, as the quickstart data writes them ("eight hundred and seventy-eight")."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
+    rest = n % 100
+    return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " and " + number_words(rest))
+
+
+def chat_tokenizer() -> Any:
+    """The quickstart's BPE, trained on every number 0..999 in words and digits (a fixed corpus, so
+    it does not depend on the rows), with ChatML's markers as special tokens as chat models have."""
+    corpus = [f"{number_words(n)}; {n}" for n in range(1000)] + [CHAT_SYSTEM]
+    tokenizer = _quickstart_builder().build_tokenizer(corpus)
+    tokenizer.add_tokens(list(CHAT_SPECIAL_TOKENS), special_tokens=True)
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class ChatLengths:
+    """Token lengths (rendered with the fallback ChatML template) drawn from a lognormal, clipped."""
+
+    median: float = 260.0
+    sigma: float = 1.0
+    shortest: int = 20
+    longest: int = 1500
+
+
+def chat_rows(tokenizer: Any, n: int, seed: int = 0, lengths: ChatLengths = ChatLengths()) -> list[dict[str, Any]]:
+    """Deterministic chat rows of long-tailed length: a user lists numbers in words, the assistant
+    answers in digits (learnable, so losses show both trainers learn). Half have a system message;
+    longer rows have more turns (1 turn per ~300 tokens, at most 4). Lengths are hit within a few
+    tokens using each number's measured token cost, and the bench prints the real distribution."""
+    rng = random.Random(seed)
+
+    def cost(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # Token costs of one number in the user turn ("...; seven") and in the answer (" 7").
+    per_number = statistics.fmean(cost(f"; {number_words(k)}") + cost(f" {k}") for k in range(0, 1000, 7))
+    turn_overhead = cost("<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n<|im_end|></s>\n")
+    system_overhead = cost(f"<|im_start|>system\n{CHAT_SYSTEM}<|im_end|>\n")
+    rows = []
+    for _ in range(n):
+        target = round(rng.lognormvariate(math.log(lengths.median), lengths.sigma))
+        target = min(lengths.longest, max(lengths.shortest, target))
+        messages: list[dict[str, str]] = []
+        budget = float(target)
+        if rng.random() < 0.5:
+            messages.append({"role": "system", "content": CHAT_SYSTEM})
+            budget -= system_overhead
+        turns = min(4, 1 + target // 300)
+        budget -= turns * turn_overhead
+        numbers = max(turns, round(budget / per_number))
+        cuts = sorted(rng.sample(range(1, numbers), turns - 1)) if turns > 1 else []
+        for count in (b - a for a, b in itertools.pairwise([0, *cuts, numbers])):
+            values = [rng.randrange(1000) for _ in range(count)]
+            messages.append({"role": "user", "content": "; ".join(number_words(v) for v in values)})
+            messages.append({"role": "assistant", "content": " ".join(str(v) for v in values)})
+        rows.append({"messages": messages})
+    return rows
+
+
+def write_chat_data(tokenizer: Any, n: int, out: Path, seed: int = 0) -> Path:
+    out.write_text("".join(json.dumps(row) + "\n" for row in chat_rows(tokenizer, n, seed)))
+    return out
+
+
+def length_summary(lengths: Sequence[int]) -> str:
+    ordered = sorted(lengths)
+
+    def at(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return (
+        f"min {ordered[0]}, p10 {at(0.1)}, median {at(0.5)}, mean {statistics.fmean(ordered):.0f}, "
+        f"p90 {at(0.9)}, p99 {at(0.99)}, max {ordered[-1]}"
+    )
+
+
 # -- kubetune ------------------------------------------------------------------------------------
 
 
@@ -333,7 +471,7 @@ def run_kubetune(setup: Setup, model_dir: Path, data_path: Path, work: Path, sha
     )
     marks: list[tuple[float, int, float, int, float]] = []  # (clock, step, step seconds so far, tokens, loss)
 
-    profiler = StepProfiler("kubetune", setup.profile_steps)
+    profiler = StepProfiler("kubetune", setup.profile_steps, setup.profile_after)
 
     def on_step(state: TrainState, metrics: dict[str, float]) -> None:
         marks.append((time.perf_counter(), state.step, state.elapsed_seconds, state.trained_tokens, metrics["loss"]))
@@ -393,7 +531,13 @@ TRAINER_DEFAULT_BATCH = 8  # TrainingArguments.per_device_train_batch_size's def
 
 
 def run_baseline(
-    setup: Setup, model_dir: Path, work: Path, shared: SharedData, batch_rows: int, name: str = "baseline"
+    setup: Setup,
+    model_dir: Path,
+    work: Path,
+    shared: SharedData,
+    batch_rows: int,
+    accumulation: int = 1,
+    name: str = "baseline",
 ) -> Result:
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -424,7 +568,7 @@ def run_baseline(
             _sync()
             self.end = time.perf_counter()
 
-    profiler = StepProfiler(name, setup.profile_steps)
+    profiler = StepProfiler(name, setup.profile_steps, setup.profile_after)
     cuda = device_type(setup) == "cuda"
     numerics = modeling.choose_numerics(Precision.AUTO, "cuda" if cuda else "cpu")
     set_seed(setup.seed)
@@ -448,11 +592,13 @@ def run_baseline(
     args = TrainingArguments(
         output_dir=str(work / "hf"),
         per_device_train_batch_size=batch_rows,
+        gradient_accumulation_steps=accumulation,
+        train_sampling_strategy=setup.baseline_sampler,
         num_train_epochs=setup.epochs,
         learning_rate=setup.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=setup.warmup_ratio,
-        logging_steps=math.ceil(len(shared.train) / batch_rows),  # one loss per epoch: its mean
+        logging_steps=math.ceil(len(shared.train) / (batch_rows * accumulation)),  # one loss per epoch: its mean
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
@@ -477,7 +623,8 @@ def run_baseline(
         padded_tokens=collator.padded_tokens,
         steps=output.global_step,
         rows_per_step=len(rows) * setup.epochs / output.global_step,
-        batch_shape=f"{batch_rows}x<={collator.max_len} padded",
+        batch_shape=f"{batch_rows}x<={collator.max_len} padded"
+        + (f" x{accumulation} accum" if accumulation > 1 else ""),
         first_epoch_loss=losses[0] if losses else float("nan"),
         last_epoch_loss=losses[-1] if losses else float("nan"),
         eval_loss=evaluated.get("loss"),
@@ -530,13 +677,21 @@ def _robust_tps(r: Result) -> float:
     return r.median_step_tokens_per_second
 
 
+HEADERS = {
+    "kubetune": "kubetune",
+    "baseline": "HF Trainer, same rows/step",
+    "baseline-default": f"HF Trainer, default batch {TRAINER_DEFAULT_BATCH}",
+}
+
+
 def report(setup: Setup, runs: dict[str, list[Result]], shared: SharedData, model_config: Any) -> None:
-    kt, hf, hf_default = runs["kubetune"], runs["baseline"], runs["baseline-default"]
     peak = peak_flops()
-    mean_row = statistics.fmean(len(s) for s in shared.train)
+    n_params = matmul_params(model_config)
+    cuda = device_type(setup) == "cuda"
 
     def cells(results: list[Result]) -> list[str]:
         r = results[-1]
+        tps = _median(results, _tps)
         out = [
             r.batch_shape,
             f"{r.rows_per_step:.1f}",
@@ -545,15 +700,16 @@ def report(setup: Setup, runs: dict[str, list[Result]], shared: SharedData, mode
             f"{r.padded_tokens:,}",
             f"{r.tokens / r.padded_tokens:.1%}",
             f"{_median(results, lambda x: x.loop_seconds):.2f}",
-            f"{_median(results, _tps):,.0f}",
+            f"{tps:,.0f}",
             " ".join(f"{_tps(x):,.0f}" for x in results),
             f"{_median(results, _robust_tps):,.0f}",
             f"{statistics.median(x.first_epoch_loss for x in results):.4f}",
             f"{statistics.median(x.last_epoch_loss for x in results):.4f}",
             "-" if r.eval_loss is None else f"{statistics.median(x.eval_loss or 0.0 for x in results):.4f}",
         ]
-        if peak is not None:
-            out.append(f"{mfu(_median(results, _tps), model_config, mean_row, peak):.1%}")
+        if cuda:
+            out.append("-" if peak is None else f"{mfu(tps, n_params, peak[1]):.1%}")
+            out.append(f"{max(x.peak_memory_bytes or 0 for x in results) / 2**30:.1f}")
         return out
 
     labels = [
@@ -570,48 +726,63 @@ def report(setup: Setup, runs: dict[str, list[Result]], shared: SharedData, mode
         "train loss, 1st epoch",
         "train loss, last epoch",
         "eval loss after",
-        *(["MFU (bf16 peak)"] if peak is not None else []),
+        *(["MFU (6·N·tokens/s / peak)", "peak memory GiB (allocated)"] if cuda else []),
     ]
-    columns = [cells(kt), cells(hf), cells(hf_default)]
+    names = [name for name in HEADERS if runs.get(name)]
+    columns = [cells(runs[name]) for name in names]
     width = max(len(label) for label in labels)
     col = max(24, *(len(c) for column in columns for c in column))
+    repeats = max(len(runs[name]) for name in names)
     print()
     print(
-        f"model={setup.model} seq_len={setup.seq_len} epochs={setup.epochs} kubetune batch={setup.batch_size} "
-        f"lr={setup.learning_rate} LoRA r={setup.lora_r} alpha={setup.lora_alpha} all-linear, "
-        f"device={device_type(setup)} threads={torch.get_num_threads()}, repeats={len(kt)}"
+        f"model={setup.model} data={setup.dataset} seq_len={setup.seq_len} epochs={setup.epochs} "
+        f"kubetune batch={setup.batch_size} lr={setup.learning_rate} LoRA r={setup.lora_r} alpha={setup.lora_alpha} "
+        f"all-linear, device={device_type(setup)} threads={torch.get_num_threads()}, repeats={repeats}"
     )
-    headers = ["kubetune", "HF Trainer, same rows/step", f"HF Trainer, default batch {TRAINER_DEFAULT_BATCH}"]
-    print(f"{'':{width}}  " + "  ".join(f"{h:>{col}}" for h in headers))
+    print(f"{'':{width}}  " + "  ".join(f"{HEADERS[name]:>{col}}" for name in names))
     for label, *row in zip(labels, *columns, strict=True):
         print(f"{label:{width}}  " + "  ".join(f"{c:>{col}}" for c in row))
     print()
-    for title, other in (
-        ("same rows per optimizer step (isolates packing vs padding)", hf),
-        (f"Trainer defaults (per_device_train_batch_size={TRAINER_DEFAULT_BATCH}, same batchSize knob)", hf_default),
+    kt = runs.get("kubetune", [])
+    for name, title in (
+        ("baseline", "same rows per optimizer step (isolates packing vs padding)"),
+        ("baseline-default", f"Trainer defaults (per_device_train_batch_size={TRAINER_DEFAULT_BATCH})"),
     ):
+        other = runs.get(name, [])
+        if not kt or not other:
+            continue
         ratio = _median(kt, _tps) / _median(other, _tps)
-        per_run = ", ".join(f"{_tps(k) / _tps(h):.2f}" for k, h in zip(kt, other, strict=True))
+        per_run = ", ".join(f"{_tps(k) / _tps(h):.2f}" for k, h in zip(kt, other, strict=False))
         robust = _median(kt, _robust_tps) / _median(other, _robust_tps)
         print(f"ratio kubetune/baseline, {title}:")
         print(f"    {ratio:.2f}x median tokens/s (per repeat: {per_run}); {robust:.2f}x at the median step")
+        if cuda:
+            mem = max(r.peak_memory_bytes or 0 for r in kt) / max(1, max(r.peak_memory_bytes or 0 for r in other))
+            print(f"    {mem:.2f}x peak memory")
     if setup.profile_steps:
         print("note: --profile ran torch.profiler inside both loops; these throughput numbers are not comparable")
-    busiest = max((r.others_cpu or 0.0) for r in (*kt, *hf, *hf_default))
+    busiest = max((r.others_cpu or 0.0) for results in runs.values() for r in results)
     if busiest > 0.1:
         print(
             f"warning: other processes kept {busiest:.2f} of {os.cpu_count()} CPUs busy during a run: "
             "wall-clock numbers are noisy; compare the median-step row, or rerun on a quiet machine"
         )
-    step_compute = statistics.median(r.extra["step_compute_s"] for r in kt)
-    stage = statistics.median(r.extra["train_stage_s"] for r in kt)
-    print(
-        f"kubetune: sum of step times {step_compute:.2f}s, loop {_median(kt, lambda r: r.loop_seconds):.2f}s, "
-        f"Training stage incl. final checkpoint {stage:.2f}s (medians)"
-    )
-    if peak is None:
-        flops = flops_per_token(model_config, mean_row)
-        print(f"MFU: no CUDA device; FLOPs/token ≈ {flops:.3g} (4·N + 6·L·s·d with s = mean row {mean_row:.1f})")
+    if kt:
+        step_compute = statistics.median(r.extra["step_compute_s"] for r in kt)
+        stage = statistics.median(r.extra["train_stage_s"] for r in kt)
+        print(
+            f"kubetune: sum of step times {step_compute:.2f}s, loop {_median(kt, lambda r: r.loop_seconds):.2f}s, "
+            f"Training stage incl. final checkpoint {stage:.2f}s (medians)"
+        )
+    if not cuda:
+        print(f"MFU: not on CUDA; N = {n_params / 1e9:.3g}B matmul parameters, 6·N = {6 * n_params:.3g} FLOPs/token")
+    elif peak is None:
+        print(f"MFU: unknown bf16 peak for {torch.cuda.get_device_name()!r}; add it to PEAK_BF16_FLOPS")
+    else:
+        print(
+            f"MFU = 6·N·tokens/s / peak, N = {n_params / 1e9:.3g}B matmul parameters (LM head included), "
+            f"peak = {peak[1] / 1e12:.0f} TFLOPS dense bf16 assumed for {peak[0]!r}"
+        )
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -619,25 +790,52 @@ def report(setup: Setup, runs: dict[str, list[Result]], shared: SharedData, mode
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["quickstart", "llama-1b"], default="quickstart")
-    parser.add_argument("--data", type=Path, default=QUICKSTART / "numbers.jsonl", help="JSONL rows to train on")
+    parser.add_argument("--shape", "--model", dest="shape", choices=sorted(SHAPES), default="quickstart")
+    parser.add_argument(
+        "--dataset",
+        choices=["chat", "numbers"],
+        default="chat",
+        help="chat: generated chat rows of long-tailed length (20..1500 tokens); numbers: examples/quickstart",
+    )
+    parser.add_argument(
+        "--rows", type=int, default=None, help="chat rows to generate, before the 80/20 split (300; llama-1b 2000)"
+    )
+    parser.add_argument("--data", type=Path, default=None, help="train on this JSONL instead (chat or completion)")
     parser.add_argument(
         "--mix",
         type=int,
         default=1,
         metavar="K",
-        help="K > 1: train on rows that each join 1..K data rows (skewed lengths, where padding hurts)",
+        help="K > 1: train on rows that each join 1..K completion rows (skewed lengths, where padding hurts)",
     )
     parser.add_argument(
         "--limit", type=int, default=0, metavar="N", help="use only the first N data rows (smoke tests)"
     )
-    parser.add_argument("--seq-len", type=int, default=None, help="max sequence length (128 / 2048 by model)")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--seq", "--seq-len", dest="seq_len", type=int, default=None, help="maxSeqLength (pack length)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 1 for chat, 12 for numbers")
     parser.add_argument("--batch-size", type=int, default=8, help="kubetune packed sequences per step")
-    parser.add_argument("--repeats", type=int, default=3, help="alternate the order each repeat; report medians")
+    parser.add_argument(
+        "--baseline-micro-batch",
+        type=int,
+        default=TRAINER_DEFAULT_BATCH,
+        metavar="N",
+        help="HF Trainer rows per forward pass (per_device_train_batch_size), with gradient accumulation up to "
+        "kubetune's rows per step; 0: the whole step in one forward pass",
+    )
+    parser.add_argument(
+        "--baseline-sampler",
+        choices=["random", "group_by_length"],
+        default="random",
+        help="the Trainer's train_sampling_strategy; group_by_length batches rows of similar length (less padding)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="alternate the order each repeat; report medians (3; llama-1b 2)"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
-        "--only", choices=["kubetune", "baseline", "baseline-default"], default=None, help="run one side only"
+        "--sides",
+        default="kubetune,baseline",
+        help="comma-separated, from kubetune, baseline (same rows/step), baseline-default (8 rows/step)",
     )
     parser.add_argument(
         "--profile",
@@ -646,7 +844,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help=f"torch.profiler over N steps after {PROFILE_AFTER} warm-up steps (slows those steps down)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.sides = [side.strip() for side in args.sides.split(",") if side.strip()]
+    unknown = set(args.sides) - {"kubetune", "baseline", "baseline-default"}
+    if unknown or not args.sides:
+        parser.error(f"--sides: unknown {sorted(unknown)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -657,63 +860,85 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    seq_len = args.seq_len or (128 if args.model == "quickstart" else 2048)
+    chat = args.data is None and args.dataset == "chat"
+    seq_len = args.seq_len or (128 if args.shape == "quickstart" and args.dataset == "numbers" else 2048)
     setup = Setup(
-        model=args.model,
+        model=args.shape,
+        dataset="chat" if chat else str(args.data or "numbers"),
         seq_len=seq_len,
-        epochs=args.epochs,
+        epochs=args.epochs or (1 if chat else 12),
         batch_size=args.batch_size,
+        baseline_micro_batch=args.baseline_micro_batch,
+        baseline_sampler=args.baseline_sampler,
         device=args.device,
         profile_steps=args.profile,
     )
+    if device_type(setup) == "cpu" and setup.device == "cuda":
+        raise SystemExit("--device cuda: no CUDA device")
+    repeats = args.repeats or (3 if args.shape == "quickstart" else 2)
     with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
         root = Path(tmp)
-        data_path = args.data
+        if chat:
+            tokenizer = chat_tokenizer()
+            rows = args.rows or (300 if args.shape == "quickstart" else 2000)
+            data_path = write_chat_data(tokenizer, rows, root / "chat.jsonl")
+        else:
+            data_path = args.data or QUICKSTART / "numbers.jsonl"
+            tokenizer = data_tokenizer(data_path)
         if args.limit:
             lines = [line for line in data_path.read_text().splitlines() if line.strip()][: args.limit]
             data_path = root / "limited.jsonl"
             data_path.write_text("\n".join(lines) + "\n")
         if args.mix > 1:
             data_path = mixed_lengths(data_path, args.mix, root / "mixed.jsonl")
-        model_dir = build_model(args.model, root / "model", args.data)
+        model_dir = build_model(args.shape, root / "model", tokenizer, seq_len)
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(str(model_dir))
         shared = prepare_shared(setup, model_dir, data_path)
+        total_steps = shared.steps_per_epoch * setup.epochs
+        setup = dataclasses.replace(setup, profile_after=max(1, min(PROFILE_AFTER, total_steps - setup.profile_steps)))
+        micro = setup.baseline_micro_batch or shared.rows_per_step
         print(
-            f"data: {len(shared.train)} train rows, {len(shared.validation)} packed validation sequences; "
-            f"kubetune sees {shared.rows_per_step} rows/step ({shared.steps_per_epoch} steps/epoch), "
-            f"so the baseline uses per_device_train_batch_size={shared.rows_per_step}",
+            f"data: {setup.dataset}, {len(shared.train)} train rows; tokens per row: "
+            f"{length_summary([len(s) for s in shared.train])}; {len(shared.validation)} packed validation sequences\n"
+            f"kubetune sees {shared.rows_per_step} rows/step ({shared.steps_per_epoch} steps/epoch, "
+            f"{setup.batch_size}x{seq_len} packed), so the baseline uses {shared.rows_per_step} rows/step "
+            f"({micro} rows per forward pass x {math.ceil(shared.rows_per_step / micro)} accumulation, "
+            f"{setup.baseline_sampler} sampler)",
             flush=True,
         )
-        runs: dict[str, list[Result]] = {"kubetune": [], "baseline": [], "baseline-default": []}
-        sides = ["kubetune", "baseline", "baseline-default"] if args.only is None else [args.only]
-        for repeat in range(args.repeats):
+        runs: dict[str, list[Result]] = {side: [] for side in args.sides}
+        sides = list(args.sides)
+        for repeat in range(repeats):
             for name in sides[repeat % len(sides) :] + sides[: repeat % len(sides)]:  # rotate the order
                 work = root / f"{name}-{repeat}"
                 work.mkdir()
+                gc.collect()  # the previous run's model must not linger (GPU memory with llama-1b)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
                 meter = ContentionMeter()
                 if name == "kubetune":
                     result = run_kubetune(setup, model_dir, data_path, work, shared)
                 elif name == "baseline-default":
-                    result = run_baseline(setup, model_dir, work, shared, TRAINER_DEFAULT_BATCH, name)
+                    result = run_baseline(setup, model_dir, work, shared, TRAINER_DEFAULT_BATCH, 1, name)
                 else:
-                    result = run_baseline(setup, model_dir, work, shared, shared.rows_per_step)
+                    accumulation = math.ceil(shared.rows_per_step / micro)
+                    result = run_baseline(setup, model_dir, work, shared, micro, accumulation)
                 result.others_cpu = meter.stop()
-                gc.collect()  # the previous run's model must not linger (GPU memory with --model llama-1b)
                 if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                    result.peak_memory_bytes = torch.cuda.max_memory_allocated()
                 runs[name].append(result)
                 print(
-                    f"repeat {repeat + 1}/{args.repeats} {name:8s}: {result.tokens_per_second:,.0f} tokens/s "
+                    f"repeat {repeat + 1}/{repeats} {name:8s}: {result.tokens_per_second:,.0f} tokens/s "
                     f"({result.tokens:,} tokens in {result.loop_seconds:.2f}s; "
                     f"{result.median_step_tokens_per_second:,.0f} at the median step), "
                     f"last-epoch loss {result.last_epoch_loss:.4f}, "
                     f"other processes' CPU use {'?' if result.others_cpu is None else f'{result.others_cpu:.2f}'}",
                     flush=True,
                 )
-        if args.only is None:
-            report(setup, runs, shared, model_config)
+        report(setup, runs, shared, model_config)
 
 
 if __name__ == "__main__":

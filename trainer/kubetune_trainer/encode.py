@@ -102,20 +102,63 @@ class Encoder:
         full = self._chat(row.messages, source=row.source)
         if not self.completion_only_loss:
             return Rendered(full, ((0, len(full)),))
-        spans: list[tuple[int, int]] = []
-        for i, message in enumerate(row.messages):
-            if not message.trainable:
-                continue
-            before = self._chat(row.messages[:i], add_generation_prompt=True, source=row.source)
-            through = self._chat(row.messages[: i + 1], source=row.source)
-            if not (through.startswith(before) and full.startswith(through)):
-                raise ModelInvalid(
-                    f"{row.source}: the chat template does not render conversations incrementally, so "
-                    "assistant turns cannot be located for completion-only loss; set "
-                    "training.completionOnlyLoss: false or use a tokenizer with a standard template"
-                )
-            spans.append((len(before), len(through)))
-        return Rendered(full, tuple(spans))
+        spans = tuple(self._turn_span(row, i, full) for i, m in enumerate(row.messages) if m.trainable)
+        return Rendered(full, spans)
+
+    def _turn_span(self, row: Row, i: int, full: str) -> tuple[int, int]:
+        """The characters of `full` that assistant turn `i` trains on.
+
+        The rule: a turn trains on what the model has to write after the generation prompt, up to
+        where the template starts the next message. So the content is trained, and so is the
+        template's end-of-turn marker and whatever it renders after it (ChatML's and Gemma's
+        newline), because that is how the model learns to stop, whatever the marker is called; the
+        role header that the generation prompt supplies is not. Found by rendering the conversation
+        up to turn i with and without it (two renders per turn), so no template has to be parsed.
+        """
+        messages, source = row.messages, row.source
+        prompt = self._chat(messages[:i], add_generation_prompt=True, source=source)
+        through = self._chat(messages[: i + 1], source=source)
+        history: str | None = None  # the conversation before turn i; rendered only when needed
+        content = messages[i].content.strip()
+        if through.startswith(prompt):
+            start = len(prompt)
+        else:
+            # The generation prompt is not how the template renders the turn's own header (e.g. it
+            # opens an empty <think> block that history turns lack): train from where the two part,
+            # stepped back if the content itself began with the prompt's next characters.
+            history = self._chat(messages[:i], source=source)
+            start = next((k for k, (a, b) in enumerate(zip(prompt, through, strict=False)) if a != b), len(through))
+            found = through.rfind(content, max(0, start - len(content)), start + len(content)) if content else -1
+            if 0 <= found < start:
+                start = found
+            if not (through.startswith(history) and start >= len(history)):
+                raise self._not_incremental(source)
+        if full.startswith(through):
+            return start, len(through)
+        # The template renders this turn differently once later messages follow (Qwen3 drops the
+        # reasoning block from earlier turns): find the turn's trained text in the full rendering,
+        # after the unchanged history, from its content if the part before the content changed.
+        history = self._chat(messages[:i], source=source) if history is None else history
+        if full.startswith(history) and through.startswith(history):
+            tails = [through[start:]]
+            for text in (messages[i].content, content):  # as written, then as a trimming template has it
+                if text and (at := through.find(text, start)) > start:
+                    tails.append(through[at:])
+            for tail in tails:
+                # Templates drop text from earlier turns; a match that ends past where the turn
+                # ends when rendered last would be a later turn's identical text.
+                found = full.find(tail, len(history), len(through))
+                if found >= 0:
+                    return found, found + len(tail)
+        raise self._not_incremental(source)
+
+    @staticmethod
+    def _not_incremental(source: str) -> ModelInvalid:
+        return ModelInvalid(
+            f"{source}: the chat template does not render conversations incrementally, so "
+            "assistant turns cannot be located for completion-only loss; set "
+            "training.completionOnlyLoss: false or use a tokenizer with a standard template"
+        )
 
     def prompt_and_reference(self, row: Row) -> tuple[str, str]:
         """The generation prompt and the expected answer (the last trainable turn / completion)."""
