@@ -14,7 +14,7 @@ HELM_VENV ?= .venv-helm
 CHART_CRD := charts/kubetune/files/crds/kubetune.io_finetunejobs.yaml
 GENERATED_DOCS := docs/operator.md docs/trainer.md
 
-.PHONY: quickstart test system-deps lint typecheck imports crds crd-check docs unit pytest bench clean helm-venv
+.PHONY: quickstart test system-deps lint typecheck imports crds crd-check docs unit pytest bench gpu-wheels clean helm-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,7 @@ lint: $(VENV)/.dev-installed
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator
-	$(BIN)/mypy bench/train_throughput.py bench/operator_scale.py
+	$(BIN)/mypy bench/train_throughput.py bench/operator_scale.py bench/gpu_report.py bench/qlora_cpu.py
 
 ## imports: import-linter contracts (pyproject.toml [tool.importlinter]): layers, independence, no cycles
 imports: $(VENV)/.dev-installed
@@ -82,6 +82,15 @@ pytest: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/train_throughput.py
+
+## gpu-wheels: the wheels bench/gpu_check.sh installs on the GPU machine (its image lacks them; no network there)
+GPU_WHEELS := bitsandbytes==0.50.2 boto3==1.44.8 botocore==1.44.8 s3transfer==0.19.3 jmespath==1.1.0 \
+	pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+gpu-wheels:
+	mkdir -p .gpu-wheels
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .gpu-wheels $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) $(HELM_VENV) runs .pytest_cache .mypy_cache .ruff_cache examples/quickstart/model

@@ -684,7 +684,8 @@ HEADERS = {
 }
 
 
-def report(setup: Setup, runs: dict[str, list[Result]], shared: SharedData, model_config: Any) -> None:
+def report(setup: Setup, runs: dict[str, list[Result]], shared: SharedData, model_config: Any) -> dict[str, Any]:
+    """Print the side-by-side table and ratios; return the headline numbers (--json, bench/gpu_report.py)."""
     peak = peak_flops()
     n_params = matmul_params(model_config)
     cuda = device_type(setup) == "cuda"
@@ -774,6 +775,24 @@ def report(setup: Setup, runs: dict[str, list[Result]], shared: SharedData, mode
             f"kubetune: sum of step times {step_compute:.2f}s, loop {_median(kt, lambda r: r.loop_seconds):.2f}s, "
             f"Training stage incl. final checkpoint {stage:.2f}s (medians)"
         )
+    summary: dict[str, Any] = {
+        "model": setup.model,
+        "seq_len": setup.seq_len,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "peak_tflops": None if peak is None else peak[1] / 1e12,
+        "sides": {
+            name: {
+                "tokens_per_second": round(_median(results, _tps), 1),
+                "token_efficiency": round(results[-1].tokens / results[-1].padded_tokens, 4),
+                "mfu": None if not cuda or peak is None else round(mfu(_median(results, _tps), n_params, peak[1]), 4),
+                "peak_memory_gib": round(max(x.peak_memory_bytes or 0 for x in results) / 2**30, 2) if cuda else None,
+            }
+            for name, results in runs.items()
+            if results
+        },
+    }
+    if kt and runs.get("baseline"):
+        summary["ratio_vs_baseline"] = round(_median(kt, _tps) / _median(runs["baseline"], _tps), 3)
     if not cuda:
         print(f"MFU: not on CUDA; N = {n_params / 1e9:.3g}B matmul parameters, 6·N = {6 * n_params:.3g} FLOPs/token")
     elif peak is None:
@@ -783,6 +802,7 @@ def report(setup: Setup, runs: dict[str, list[Result]], shared: SharedData, mode
             f"MFU = 6·N·tokens/s / peak, N = {n_params / 1e9:.3g}B matmul parameters (LM head included), "
             f"peak = {peak[1] / 1e12:.0f} TFLOPS dense bf16 assumed for {peak[0]!r}"
         )
+    return summary
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -832,6 +852,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, default=None, help="alternate the order each repeat; report medians (3; llama-1b 2)"
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="also write the headline numbers here as JSON")
     parser.add_argument(
         "--sides",
         default="kubetune,baseline",
@@ -938,7 +959,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"other processes' CPU use {'?' if result.others_cpu is None else f'{result.others_cpu:.2f}'}",
                     flush=True,
                 )
-        report(setup, runs, shared, model_config)
+        summary = report(setup, runs, shared, model_config)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ which shares its code with the GPU mode, runs both trainers and prints the ratio
 from __future__ import annotations
 
 import importlib
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -58,9 +59,13 @@ def test_chat_rows_are_deterministic_long_tailed_chat(bench: ModuleType) -> None
 
 
 @pytest.mark.slow
-def test_cpu_run_prints_the_ratio(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cpu_run_prints_the_ratio(bench: ModuleType, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """Both trainers, one repeat, a few short rows: the shared report path (tokens/s, ratio) works."""
-    bench.main(["--rows", "24", "--seq", "512", "--batch-size", "2", "--repeats", "1", "--device", "cpu"])
+    args = ["--rows", "24", "--seq", "512", "--batch-size", "2", "--repeats", "1", "--device", "cpu"]
+    bench.main([*args, "--json", str(tmp_path / "bench.json")])
+    summary = json.loads((tmp_path / "bench.json").read_text())  # what bench/gpu_report.py reads
+    assert set(summary["sides"]) == {"kubetune", "baseline"} and summary["ratio_vs_baseline"] > 0
+    assert summary["sides"]["kubetune"]["tokens_per_second"] > 0
     out = capsys.readouterr().out
     assert "HF Trainer, same rows/step" in out
     assert "ratio kubetune/baseline, same rows per optimizer step" in out
