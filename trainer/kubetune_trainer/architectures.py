@@ -58,7 +58,7 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelInvalid(f"{path}: not a readable JSON model config: {exc}") from exc
+        raise ModelInvalid(f"{path}: cannot read the model config: {exc}") from exc
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ModelInvalid(f"{path}: no model_type: this is not a transformers model config")
     return config
