@@ -344,41 +344,16 @@ def mixed_lengths(source: Path, most: int, out: Path, seed: int = 0) -> Path:
     return out
 
 
-_ONES = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-]
-_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 CHAT_SYSTEM = "Write each number in digits, in order."
 CHAT_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>")  # kubetune's fallback template (ChatML) markers
 
 
 def number_words(n: int) -> str:
-    """0..999 in words, as the quickstart data writes them ("eight hundred and seventy-eight")."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
-    rest = n % 100
-    return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " and " + number_words(rest))
+    """0..999 in words, exactly as the quickstart data writes them ("eight hundred and seventy-eight")."""
+    if str(QUICKSTART) not in sys.path:
+        sys.path.insert(0, str(QUICKSTART))
+    words: str = importlib.import_module("make_dataset").in_words(n)
+    return words
 
 
 def chat_tokenizer() -> Any:
