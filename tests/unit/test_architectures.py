@@ -117,6 +117,18 @@ def tiny_model(model_type: str, **extra: Any) -> Any:
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
 
 
+def tiny_jamba() -> Any:
+    """Two layers: one Mamba layer (its recurrent state crosses packed rows), one attention layer."""
+    return tiny_model(
+        "jamba",
+        num_key_value_heads=2,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        expert_layer_period=99,
+        use_mamba_kernels=False,
+    )
+
+
 def test_packing_check_passes_for_attention_models() -> None:
     check = check_packing(tiny_model("llama", num_key_value_heads=2), 128, "cpu")
     assert check.isolated, check
@@ -125,14 +137,7 @@ def test_packing_check_passes_for_attention_models() -> None:
 
 def test_packing_check_catches_a_real_leaking_architecture() -> None:
     # Jamba interleaves Mamba layers: their recurrent state runs across the packed boundary.
-    jamba = tiny_model(
-        "jamba",
-        num_key_value_heads=2,
-        attn_layer_period=2,
-        attn_layer_offset=1,
-        expert_layer_period=99,
-        use_mamba_kernels=False,
-    )
+    jamba = tiny_jamba()
     check = check_packing(jamba, 128, "cpu")
     assert not check.isolated, check
     assert "packed rows see each other" in check.describe()
@@ -154,14 +159,7 @@ def test_in_bf16_the_content_comparison_still_separates_isolated_from_leaking() 
     llama = tiny_model("llama", num_key_value_heads=2).to(torch.bfloat16)
     isolated = check_packing(llama, 128, "cpu")
     assert isolated.isolated and isolated.content_leak == 0.0, isolated
-    jamba = tiny_model(
-        "jamba",
-        num_key_value_heads=2,
-        attn_layer_period=2,
-        attn_layer_offset=1,
-        expert_layer_period=99,
-        use_mamba_kernels=False,
-    ).to(torch.bfloat16)
+    jamba = tiny_jamba().to(torch.bfloat16)
     leaking = check_packing(jamba, 128, "cpu")
     assert not leaking.isolated and leaking.content_leak > 1e-3, leaking
 
