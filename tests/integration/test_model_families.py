@@ -176,6 +176,8 @@ def test_run_publishes_the_adapter_and_manifest(trained: Trained) -> None:
         assert packing["requested"] is True
         assert isinstance(packing["used"], bool)
         assert packing["used"] or packing["reason"], "packing turned off without a reason"
+        if not packing["used"]:
+            assert training["attention"] != "kubetune_packed_sdpa", "padded rows: the manifest names plain SDPA"
 
 
 def test_reloaded_adapter_gives_the_trained_logits(trained: Trained) -> None:

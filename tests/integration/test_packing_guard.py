@@ -83,7 +83,7 @@ def test_an_attention_model_keeps_packing(tmp_path: Path, tiny_model_dir: Path, 
     summary, manifest = train(tmp_path, tiny_model_dir, numbers_path)
     assert summary.model is not None and summary.model.packing is not None
     assert (summary.model.packing.used, summary.model.packing.reason) == (True, None)
-    assert summary.model.attention == "sdpa"
+    assert summary.model.attention == "kubetune_packed_sdpa", "SDPA per packed row"
     data = manifest["data"]
     assert isinstance(data, dict) and data["train_sequences"] < data["train_rows"], "packed"
 

@@ -34,7 +34,7 @@ def test_the_family_line_on_cpu(tmp_path: Path) -> None:
         timeout=300,
     )
     rows = {r["family"]: r for r in json.loads(out.read_text())["families"]}
-    assert (rows["llama"]["attention"], rows["llama"]["packing"]) == ("sdpa", "kept")
+    assert (rows["llama"]["attention"], rows["llama"]["packing"]) == ("kubetune_packed_sdpa", "kept")
     assert rows["gemma2"]["attention"] == "eager", "no SDPA in Gemma-2: the next implementation, not a failure"
     assert rows["jamba"]["packing"] == "off (rows leak)"
 

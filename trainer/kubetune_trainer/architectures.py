@@ -42,6 +42,8 @@ REFUSED: dict[str, str] = {
 # Best first. flash_attention_2 needs CUDA and the flash-attn package; flex attention goes
 # through torch.compile, which on CPU is slow to start and fragile, so it is a GPU choice only.
 FLASH, SDPA, FLEX, EAGER = "flash_attention_2", "sdpa", "flex_attention", "eager"
+# SDPA run per packed row (packed_attention registers it under this name); plain SDPA otherwise.
+PACKED_SDPA = "kubetune_packed_sdpa"
 
 
 @dataclass(frozen=True)
@@ -86,19 +88,32 @@ def classify(model_dir: Path) -> Architecture:
     for name, flag in ((SDPA, "_supports_sdpa"), (FLEX, "_supports_flex_attn"), (FLASH, "_supports_flash_attn")):
         if getattr(cls, flag, False):
             supports.add(name)
+    # is_backend_compatible: the class dispatches attention through transformers' AttentionInterface
+    # by name. Others (Falcon, ...) compare the name with "sdpa": under another name they would fail
+    # to load or silently run eager, so they get plain SDPA.
+    if SDPA in supports and getattr(cls, "is_backend_compatible", lambda: False)():
+        supports.add(PACKED_SDPA)
     return Architecture(model_type, class_name, frozenset(supports))
 
 
-def attention_order(supports: frozenset[str], device_type: str, flash_installed: bool) -> list[str]:
+def attention_order(
+    supports: frozenset[str], device_type: str, flash_installed: bool, packed: bool = False
+) -> list[str]:
     """The implementations to try, best first. Eager always ends the list: a load never fails
-    because one implementation is missing."""
+    because one implementation is missing.
+
+    `packed`: rows may be packed. Then, where SDPA would be the choice, SDPA per packed row comes
+    first: plain SDPA computes a packed sequence's attention over its whole length, mostly masked.
+    Not where flash attention is loaded: its varlen kernels already work per row."""
     cuda = device_type == "cuda"
+    flash = cuda and flash_installed and FLASH in supports
     wanted = [
-        (FLASH, cuda and flash_installed),  # varlen kernels: packed rows without a mask
-        (SDPA, True),
-        (FLEX, cuda),
+        (FLASH, flash),  # varlen kernels: packed rows without a mask
+        (PACKED_SDPA, packed and not flash and PACKED_SDPA in supports),
+        (SDPA, SDPA in supports),
+        (FLEX, cuda and FLEX in supports),
     ]
-    return [name for name, ok in wanted if ok and name in supports] + [EAGER]
+    return [name for name, ok in wanted if ok] + [EAGER]
 
 
 def flash_attn_installed() -> bool:

@@ -4,7 +4,8 @@ Device-dependent choices live here and nowhere else:
     precision  auto -> bf16 on GPUs that support it, fp32 otherwise (CPU bf16 is slow)
     attention  the best implementation the architecture supports on the device, tried in
                order at load (architectures.attention_order): flash_attention_2 (CUDA with
-               flash-attn), SDPA, flex attention (CUDA), eager
+               flash-attn), SDPA per packed row (packed_attention; falls back to SDPA on
+               anything not packed), SDPA, flex attention (CUDA), eager
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from kubetune_api.spec import ALL_LINEAR, LoRASpec, Precision, Quantization, precision_problem
-from kubetune_trainer import architectures, quantization
+from kubetune_trainer import architectures, packed_attention, quantization
 from kubetune_trainer.errors import InvalidSpec, ModelInvalid, UnsupportedModel
 
 log = logging.getLogger(__name__)
@@ -101,15 +102,24 @@ def load_model(
     gradient_checkpointing: bool,
     device_type: str = "cpu",
     quantize: Quantization = Quantization.NONE,
+    packed: bool = True,
 ) -> PreTrainedModel:
     """The base model, with the best attention implementation its class supports on this device.
 
     The implementations are tried best first (architectures.attention_order); one that fails
     to load is logged and the next is tried, so a missing implementation never fails a run.
     The one loaded is `attention_implementation(model)`.
+
+    `packed`: training rows may be packed, so SDPA per packed row is tried before SDPA. It is on by
+    default because that implementation is plain SDPA for anything that is not a packed batch; the
+    run-time packing check (packing_check) runs through it, so a model it would mix rows in is padded.
     """
     arch = architectures.classify(model_dir)
-    order = architectures.attention_order(arch.supports, device_type, architectures.flash_attn_installed())
+    order = architectures.attention_order(
+        arch.supports, device_type, architectures.flash_attn_installed(), packed=packed
+    )
+    if architectures.PACKED_SDPA in order:
+        packed_attention.register()  # idempotent; the name must be known before from_pretrained
     model: PreTrainedModel | None = None
     quant_kwargs = quantization.from_pretrained_kwargs(quantize, numerics.load_dtype, device_type)
     for attn in order:
@@ -118,11 +128,13 @@ def load_model(
                 str(model_dir), dtype=numerics.load_dtype, attn_implementation=attn, **quant_kwargs
             )
             break
-        except (ImportError, ValueError) as exc:
-            if attn == order[-1] or not _is_attention_refusal(exc):
+        except (ImportError, ValueError, KeyError) as exc:
+            # KeyError: a family with its own table of attention classes that lacks the per-row name
+            refused = _is_attention_refusal(exc) or (attn == architectures.PACKED_SDPA and isinstance(exc, KeyError))
+            if attn == order[-1] or not refused:
                 raise ModelInvalid(f"{model_dir}: cannot load a causal LM ({arch.class_name}): {exc}") from exc
             log.warning("%s: attention %s unavailable (%s); trying %s", arch.class_name, attn, exc, "the next")
-        except (OSError, KeyError, RuntimeError) as exc:
+        except (OSError, RuntimeError) as exc:
             # e.g. "size mismatch for ...": weights that do not fit config.json
             raise ModelInvalid(f"{model_dir}: cannot load a causal LM ({arch.class_name}): {exc}") from exc
     assert model is not None
@@ -147,6 +159,14 @@ def attention_implementation(model: Any) -> str:
     """The attention implementation a loaded model runs with."""
     config = getattr(model, "config", None)
     return str(getattr(config, "_attn_implementation", None) or "eager")
+
+
+def unpacked_attention(model: Any) -> str:
+    """For a run whose rows are padded, not packed: SDPA per packed row would only ever take its
+    plain-SDPA path, so switch to plain SDPA and let the manifest name what really runs."""
+    if attention_implementation(model) == architectures.PACKED_SDPA:
+        model.set_attn_implementation(architectures.SDPA)
+    return attention_implementation(model)
 
 
 # PEFT refuses LoRA on `out_proj`/`conv1d` in these Mamba families (peft.tuners.tuners_utils.

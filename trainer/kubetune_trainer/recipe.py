@@ -153,6 +153,7 @@ class LoRAFinetuneRecipe:
                 cfg.training.gradient_checkpointing,
                 device_type,
                 quantize=cfg.lora.quantization,
+                packed=cfg.training.packing,
             )
             if getattr(base, "hf_quantizer", None) is None:  # a quantised model is placed as it loads
                 base.to(accelerator.device)  # the packing check runs where training will
@@ -229,6 +230,7 @@ class LoRAFinetuneRecipe:
         data = inputs.data.without_packing(training.max_seq_length)
         plan = plan_steps(training, data.stats, device_type, world_size)
         report.packing = PackingDecision(requested=True, used=False, reason=reason)
+        report.attention = modeling.unpacked_attention(base)
         return replace(inputs, data=data, plan=plan), report
 
     def train(self, session: Session) -> None:
