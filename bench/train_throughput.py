@@ -10,9 +10,11 @@ on the same train rows tokenized by `kubetune_trainer.encode.Encoder` (completio
 with the same learning rate, schedule, number of epochs and number of rows per optimizer step:
 
     kubetune  `recipe.run_training` with a TrainerConfig built here: packing on, exact match off,
-              no intermediate checkpoints. Loop time runs from the start of the first optimizer
-              step to the end of the last one (from the `on_step` callback; the final checkpoint
-              save after the loop is left out, like the baseline's save_strategy="no").
+              no intermediate checkpoints, as many packs per forward pass as `batchSize: auto`
+              picks on the device, accumulated up to --batch-size packs per optimizer step.
+              Loop time runs from the start of the first optimizer step to the end of the last
+              one (from the `on_step` callback; the final checkpoint save after the loop is left
+              out, like the baseline's save_strategy="no").
     baseline  `transformers.Trainer` as a user runs it: random sampler, default dataloader,
               `DataCollatorForSeq2Seq` padding to the longest row of each batch, the default
               per_device_train_batch_size=8 with gradient accumulation up to kubetune's rows per
@@ -60,7 +62,7 @@ from kubetune_trainer.checkpoint import TrainState  # noqa: E402
 from kubetune_trainer.encode import IGNORE_INDEX, Encoder  # noqa: E402
 from kubetune_trainer.evaluate import eval_loss  # noqa: E402
 from kubetune_trainer.packing import TrainSequence, batch_order  # noqa: E402
-from kubetune_trainer.prepare import PreparedData, plan_steps, prepare  # noqa: E402
+from kubetune_trainer.prepare import PreparedData, plan_steps, prepare, resolve_batch_size  # noqa: E402
 from kubetune_trainer.recipe import run_training  # noqa: E402
 
 # Peak dense bf16 tensor-core FLOP/s (no sparsity), by substring of torch.cuda.get_device_name().
@@ -75,7 +77,7 @@ class Setup:
     dataset: str
     seq_len: int
     epochs: int
-    batch_size: int  # kubetune: packed sequences per step
+    batch_size: int  # kubetune: packed sequences per optimizer step
     baseline_micro_batch: int  # HF Trainer rows per forward pass (0: the whole optimizer step at once)
     baseline_sampler: str = "random"  # TrainingArguments.train_sampling_strategy
     learning_rate: float = 3e-3
@@ -87,6 +89,11 @@ class Setup:
     device: str = "auto"
     profile_steps: int = 0  # > 0: torch.profiler over that many steps after `profile_after` warm-up steps
     profile_after: int = 10
+    micro_batch: int = 0  # kubetune: packed sequences per forward pass (0: batch_size), accumulating up to batch_size
+
+    @property
+    def kubetune_micro_batch(self) -> int:
+        return self.micro_batch or self.batch_size
 
 
 @dataclass
@@ -282,7 +289,8 @@ def _training_spec(setup: Setup, packing: bool) -> TrainingSpec:
     return TrainingSpec(
         epochs=setup.epochs,
         learning_rate=setup.learning_rate,
-        batch_size=setup.batch_size,
+        batch_size=setup.kubetune_micro_batch,
+        gradient_accumulation_steps=setup.batch_size // setup.kubetune_micro_batch,
         max_seq_length=setup.seq_len,
         packing=packing,
         warmup_ratio=setup.warmup_ratio,
@@ -317,13 +325,28 @@ def prepare_shared(setup: Setup, model_dir: Path, data_path: Path) -> SharedData
     )
 
 
+def auto_micro_batch(setup: Setup) -> int:
+    """kubetune's packed sequences per forward pass as `batchSize: auto` picks them on this device
+    (a token budget per micro-step), made a divisor of --batch-size so a step holds the same rows."""
+    spec = TrainingSpec(batch_size="auto", packing=True, max_seq_length=setup.seq_len)
+    micro = max(1, min(setup.batch_size, resolve_batch_size(spec, device_type(setup), float(setup.seq_len))))
+    while setup.batch_size % micro:
+        micro -= 1
+    return micro
+
+
+def kubetune_batch_shape(setup: Setup) -> str:
+    micro, accumulation = setup.kubetune_micro_batch, setup.batch_size // setup.kubetune_micro_batch
+    return f"{micro}x{setup.seq_len} packed" + (f" x{accumulation} accum" if accumulation > 1 else "")
+
+
 def kubetune_fed_tokens(setup: Setup, shared: SharedData) -> int:
     """Tokens kubetune's loop feeds the model, padding included: its own batch order and collation
     (right-padding to the longest packed sequence of each micro-batch, a multiple of 8 on CUDA)."""
     multiple = 8 if device_type(setup) == "cuda" else 1
     fed = 0
     for epoch in range(setup.epochs):
-        for batch in batch_order(len(shared.packed_lengths), setup.batch_size, setup.seed, epoch):
+        for batch in batch_order(len(shared.packed_lengths), setup.kubetune_micro_batch, setup.seed, epoch):
             longest = max(shared.packed_lengths[i] for i in batch)
             fed += len(batch) * -(-longest // multiple) * multiple
     return fed
@@ -469,7 +492,7 @@ def run_kubetune(setup: Setup, model_dir: Path, data_path: Path, work: Path, sha
         padded_tokens=kubetune_fed_tokens(setup, shared),
         steps=summary.step,
         rows_per_step=len(shared.train) * setup.epochs / summary.step,
-        batch_shape=f"{setup.batch_size}x{setup.seq_len} packed",
+        batch_shape=kubetune_batch_shape(setup),
         first_epoch_loss=statistics.fmean(losses[:spe]),
         last_epoch_loss=statistics.fmean(losses[-spe:]),
         eval_loss=summary.eval.finetuned.loss if summary.eval and summary.eval.finetuned else None,
@@ -712,7 +735,8 @@ def report(setup: Setup, runs: dict[str, list[Result]], shared: SharedData, mode
     print()
     print(
         f"model={setup.model} data={setup.dataset} seq_len={setup.seq_len} epochs={setup.epochs} "
-        f"kubetune batch={setup.batch_size} lr={setup.learning_rate} LoRA r={setup.lora_r} alpha={setup.lora_alpha} "
+        f"kubetune batch={setup.batch_size} ({kubetune_batch_shape(setup)}) lr={setup.learning_rate} "
+        f"LoRA r={setup.lora_r} alpha={setup.lora_alpha} "
         f"all-linear, device={device_type(setup)} threads={torch.get_num_threads()}, repeats={repeats}"
     )
     print(f"{'':{width}}  " + "  ".join(f"{HEADERS[name]:>{col}}" for name in names))
@@ -808,7 +832,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seq", "--seq-len", dest="seq_len", type=int, default=None, help="maxSeqLength (pack length)")
     parser.add_argument("--epochs", type=int, default=None, help="default: 1 for chat, 12 for numbers")
-    parser.add_argument("--batch-size", type=int, default=8, help="kubetune packed sequences per step")
+    parser.add_argument("--batch-size", type=int, default=8, help="kubetune packed sequences per optimizer step")
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="kubetune packed sequences per forward pass, accumulating up to --batch-size (must divide it). "
+        "Default: what batchSize: auto gives on the device (2 at seq 2048 on CPU, all 8 on CUDA)",
+    )
     parser.add_argument(
         "--baseline-micro-batch",
         type=int,
@@ -864,6 +896,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seq_len=seq_len,
         epochs=args.epochs or (1 if chat else 12),
         batch_size=args.batch_size,
+        micro_batch=args.micro_batch or 0,
         baseline_micro_batch=args.baseline_micro_batch,
         baseline_sampler=args.baseline_sampler,
         device=args.device,
@@ -871,6 +904,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if device_type(setup) == "cpu" and setup.device == "cuda":
         raise SystemExit("--device cuda: no CUDA device")
+    if args.micro_batch is None:
+        setup = dataclasses.replace(setup, micro_batch=auto_micro_batch(setup))
+    elif args.micro_batch < 1 or setup.batch_size % args.micro_batch:
+        raise SystemExit(f"--micro-batch {args.micro_batch}: must divide --batch-size {setup.batch_size}")
     repeats = args.repeats or (3 if args.shape == "quickstart" else 2)
     with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
         root = Path(tmp)
@@ -899,7 +936,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"data: {setup.dataset}, {len(shared.train)} train rows; tokens per row: "
             f"{length_summary([len(s) for s in shared.train])}; {len(shared.validation)} packed validation sequences\n"
             f"kubetune sees {shared.rows_per_step} rows/step ({shared.steps_per_epoch} steps/epoch, "
-            f"{setup.batch_size}x{seq_len} packed), so the baseline uses {shared.rows_per_step} rows/step "
+            f"{kubetune_batch_shape(setup)}), so the baseline uses {shared.rows_per_step} rows/step "
             f"({micro} rows per forward pass x {math.ceil(shared.rows_per_step / micro)} accumulation, "
             f"{setup.baseline_sampler} sampler)",
             flush=True,

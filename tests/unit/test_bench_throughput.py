@@ -70,3 +70,34 @@ def test_cpu_run_prints_the_ratio(bench: ModuleType, capsys: pytest.CaptureFixtu
     assert "HF Trainer, same rows/step" in out
     assert "ratio kubetune/baseline, same rows per optimizer step" in out
     assert "6·N" in out
+
+
+@pytest.mark.parametrize(
+    ("seq", "batch", "device", "micro"), [(2048, 8, "cpu", 2), (512, 8, "cpu", 8), (2048, 3, "cpu", 1)]
+)
+def test_kubetune_micro_batch_follows_batch_size_auto(
+    bench: ModuleType, seq: int, batch: int, device: str, micro: int
+) -> None:
+    """The bench feeds kubetune what `batchSize: auto` would (a token budget per forward pass), as a
+    divisor of the step's packed sequences, so both sides still see the same rows per optimizer step."""
+    setup = bench.Setup(
+        model="quickstart",
+        dataset="chat",
+        seq_len=seq,
+        epochs=1,
+        batch_size=batch,
+        baseline_micro_batch=8,
+        device=device,
+    )
+    assert bench.auto_micro_batch(setup) == micro
+
+
+def test_a_micro_batch_that_does_not_divide_the_step_is_refused(bench: ModuleType) -> None:
+    with pytest.raises(SystemExit, match="--micro-batch 3: must divide --batch-size 2"):
+        bench.main(["--rows", "24", "--seq", "512", "--batch-size", "2", "--micro-batch", "3", "--device", "cpu"])
+
+
+def test_cpu_run_with_accumulation(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--rows", "24", "--seq", "512", "--batch-size", "2", "--micro-batch", "1", "--repeats", "1"]
+    bench.main([*args, "--device", "cpu"])
+    assert "1x512 packed x2 accum" in capsys.readouterr().out

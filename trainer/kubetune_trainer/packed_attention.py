@@ -32,14 +32,15 @@ _PLAN_ATTR = "_kubetune_packed_plan"
 
 @dataclass(frozen=True)
 class _Bucket:
-    index: torch.Tensor  # (rows, length): flat token positions (batch * seq), padded by clamping
-    valid: torch.Tensor  # (rows, length): False on the padding
+    index: torch.Tensor  # (rows * length,): flat token positions (batch * seq), padded by clamping
+    rows: int
+    length: int
 
 
 @dataclass(frozen=True)
 class _Plan:
     buckets: list[_Bucket]
-    inverse: torch.Tensor  # flat position -> its place in the concatenated bucket outputs
+    inverse: torch.Tensor  # flat position -> its place in the concatenated (padded) bucket outputs
 
 
 def packed_sdpa_forward(
@@ -76,16 +77,20 @@ def packed_sdpa_forward(
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     batch, heads, length, _ = query.shape
-    # Token-major views, so one index picks a row's tokens with all their heads.
+    # Token-major views, so one index picks a row's tokens with all their heads. index_select, not
+    # advanced indexing: its backward is index_add, where advanced indexing's is a much slower
+    # accumulating index_put on CPU.
     flat = [t.transpose(1, 2).reshape(batch * length, heads, t.shape[-1]) for t in (query, key, value)]
     outputs = []
     for bucket in plan.buckets:
-        q, k, v = (t[bucket.index].transpose(1, 2) for t in flat)  # (rows, heads, length, head_dim)
+        q, k, v = (
+            t.index_select(0, bucket.index).view(bucket.rows, bucket.length, heads, -1).transpose(1, 2) for t in flat
+        )  # (rows, heads, length, head_dim)
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout, scale=scaling, is_causal=True
         )
-        outputs.append(out.transpose(1, 2)[bucket.valid])  # (real tokens, heads, head_dim)
-    attn_output = torch.cat(outputs)[plan.inverse]
+        outputs.append(out.transpose(1, 2).reshape(bucket.rows * bucket.length, heads, -1))
+    attn_output = torch.cat(outputs).index_select(0, plan.inverse)  # the padding's outputs are dropped here
     # transformers' layout: (batch, seq, heads, head_dim), contiguous
     return attn_output.reshape(batch, length, heads, value.shape[-1]), None
 
@@ -132,7 +137,9 @@ def _make_plan(mask: torch.Tensor) -> _Plan | None:
     for start, n in spans:
         step = max(1, 1 << max(0, n.bit_length() - 3))
         groups.setdefault(-(-n // step) * step, []).append((start, n))
-    buckets, order = [], []
+    buckets = []
+    inverse = torch.empty(batch * length, dtype=torch.long, device=device)
+    base = 0  # where this bucket's outputs start in the concatenated outputs
     for padded, members in sorted(groups.items()):
         starts_t = torch.tensor([s for s, _ in members], device=device)
         lens_t = torch.tensor([n for _, n in members], device=device)
@@ -141,9 +148,10 @@ def _make_plan(mask: torch.Tensor) -> _Plan | None:
         # Padding repeats the row's last token: it sits after every real key, so causal attention
         # never lets a real query see it, and its own outputs are dropped.
         index = starts_t[:, None] + torch.minimum(offsets[None, :], lens_t[:, None] - 1)
-        buckets.append(_Bucket(index=index, valid=valid))
-        order.append(index[valid])
-    inverse = torch.argsort(torch.cat(order))
+        places = base + torch.arange(index.numel(), device=device).view_as(index)
+        inverse[index[valid]] = places[valid]
+        buckets.append(_Bucket(index=index.flatten(), rows=len(members), length=padded))
+        base += index.numel()
     return _Plan(buckets=buckets, inverse=inverse)
 
 
