@@ -18,7 +18,7 @@ from typing import Any
 
 import boto3
 import pytest
-from operator_env import SIGKILL, Kube, OperatorProcess, finetunejob, operator_process, s3_secret, wait_for
+from operator_env import SIGKILL, Kube, OperatorProcess, finetunejob, wait_for
 
 from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
 from harness import Cluster
@@ -26,6 +26,7 @@ from harness.s3_proxy import CountingS3Proxy
 from kubetune_api.status import FineTuneJobStatus
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
+pytest_plugins = ["operator_fixtures"]  # cluster, kube, operator
 
 TRAIN_TIMEOUT = 240
 CLAIM = "model-cache"
@@ -50,27 +51,6 @@ def staged(s3_endpoint: str, tiny_model_dir: Path) -> dict[str, str]:
 def proxy(s3_endpoint: str) -> Iterator[CountingS3Proxy]:
     with CountingS3Proxy(s3_endpoint) as running:
         yield running
-
-
-@pytest.fixture
-def cluster(kube_api: Any, tmp_path: Path) -> Iterator[Cluster]:
-    env = {"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1"}
-    with Cluster(kube_api, work_root=tmp_path / "nodes", extra_env=env) as running:
-        yield running
-
-
-@pytest.fixture
-def kube(kube_api: Any) -> Kube:
-    kube = Kube(kube_api.api_client())
-    kube.core.create_namespaced_secret("default", s3_secret())
-    return kube
-
-
-@pytest.fixture
-def operator(kube_api: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = operator_process(kube_api.kubeconfig, tmp_path / "operator.log").start()
-    yield process
-    process.stop()
 
 
 def mark_when_started(cluster: Cluster, proxy: CountingS3Proxy, prefix: str) -> dict[str, int]:

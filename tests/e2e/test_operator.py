@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from operator_env import (
     finetunejob,
     operator_process,
     phase_recorder,
-    s3_secret,
     wait_for,
 )
 
@@ -34,6 +32,7 @@ from harness import Cluster
 from kubetune_api.status import ConditionType, FineTuneJobStatus
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
+pytest_plugins = ["operator_fixtures"]  # cluster, kube, operator
 
 TRAIN_TIMEOUT = 240
 
@@ -59,30 +58,6 @@ def staged(s3_endpoint: str, tiny_model_dir: Path) -> dict[str, str]:
 def s3(staged: dict[str, str]) -> Any:
     creds = {k.lower(): v for k, v in FAKE_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"}
     return boto3.client("s3", endpoint_url=staged["endpoint"], region_name="us-east-1", **creds)
-
-
-@pytest.fixture
-def cluster(kube_api: Any, tmp_path: Path) -> Iterator[Cluster]:
-    with Cluster(
-        kube_api,
-        work_root=tmp_path / "nodes",
-        extra_env={"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1"},
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def kube(kube_api: Any) -> Kube:
-    kube = Kube(kube_api.api_client())
-    kube.core.create_namespaced_secret("default", s3_secret())
-    return kube
-
-
-@pytest.fixture
-def operator(kube_api: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = operator_process(kube_api.kubeconfig, tmp_path / "operator.log").start()
-    yield process
-    process.stop()
 
 
 def objects_under(s3: Any, bucket: str, prefix: str) -> set[str]:

@@ -1,0 +1,35 @@
+"""Fixtures every operator end-to-end module shares: the test kubelet, the test's client with the S3
+Secret in place, and the operator as a real process. Test modules load them with
+`pytest_plugins = ["operator_fixtures"]`; a module that needs another variant defines its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from operator_env import Kube, OperatorProcess, operator_process, s3_secret
+
+from harness import Cluster
+
+
+@pytest.fixture
+def cluster(kube_api: Any, tmp_path: Path) -> Iterator[Cluster]:
+    env = {"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1"}
+    with Cluster(kube_api, work_root=tmp_path / "nodes", extra_env=env) as running:
+        yield running
+
+
+@pytest.fixture
+def kube(kube_api: Any) -> Kube:
+    kube = Kube(kube_api.api_client())
+    kube.core.create_namespaced_secret("default", s3_secret())
+    return kube
+
+
+@pytest.fixture
+def operator(kube_api: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
+    process = operator_process(kube_api.kubeconfig, tmp_path / "operator.log").start()
+    yield process
+    process.stop()
