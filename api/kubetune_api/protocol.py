@@ -266,7 +266,9 @@ class ModelReport(WireModel):
     model_type: str = Field(description="config.json's model_type, e.g. llama, qwen3_moe.")
     architecture: str = Field(description="The transformers class trained, e.g. LlamaForCausalLM.")
     attention: str | None = Field(
-        default=None, description="The attention implementation loaded: flash_attention_2, sdpa, flex_attention, eager."
+        default=None,
+        description="The attention implementation loaded: flash_attention_2,"
+        " kubetune_packed_sdpa (SDPA per packed row), sdpa, flex_attention, eager.",
     )
     packing: PackingDecision | None = Field(default=None, description="Packing as run (set once the model is loaded).")
 

@@ -175,7 +175,9 @@ class ModelStatus(_Status):
     model_type: str | None = Field(default=None, description="config.json's model_type, e.g. llama, qwen3_moe.")
     architecture: str | None = Field(default=None, description="The transformers class, e.g. LlamaForCausalLM.")
     attention: str | None = Field(
-        default=None, description="Attention implementation loaded: flash_attention_2, sdpa, flex_attention or eager."
+        default=None,
+        description="Attention implementation loaded: flash_attention_2,"
+        " kubetune_packed_sdpa (SDPA per packed row), sdpa, flex_attention or eager.",
     )
     packing: bool | None = Field(default=None, description="Whether rows are packed in this run.")
     packing_reason: str | None = Field(
