@@ -5,7 +5,8 @@
 #   bash bench/gpu_check.sh  # there: prints one table; logs and JSON go to $OUT (default: a temp dir)
 #
 # It runs, each under its own time limit:
-#   1. the CUDA-marked tests (tests/gpu: the Llama-3-8B-shaped QLoRA step, DoRA on a quantised base);
+#   1. the CUDA-marked tests (tests/gpu: the Llama-3-8B-shaped QLoRA step, DoRA on a quantised base,
+#      SDPA per packed row in bf16 against masked SDPA);
 #   2. the Llama-3.2-1B-shaped bench at seq 2048: kubetune vs HF Trainer + PEFT (tokens/s, MFU, peak memory);
 #   3. the attention implementation and packing verdict each model family gets on this GPU;
 # then bench/gpu_report.py prints them as one table. A step that fails or times out shows as such
