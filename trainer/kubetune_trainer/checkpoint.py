@@ -1,6 +1,6 @@
 """Resumable checkpoints under `<output>/checkpoints/step-NNNNNNNN/`.
 
-A checkpoint holds the adapter, optimizer, scheduler, RNG states and the data position.
+A checkpoint holds the adapter, optimizer, scheduler, each rank's RNG state and the data position.
 It counts only once it is marked complete (the `COMPLETE` marker of storage.py, written
 last), so a kill at any moment leaves either a complete checkpoint or one that resume ignores. Old complete
 checkpoints beyond `keep` are deleted only after a newer one is complete.
@@ -9,6 +9,7 @@ checkpoints beyond `keep` are deleted only after a newer one is complete.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import random
@@ -35,9 +36,12 @@ FILES = (
     "adapter_config.json",
     "optimizer.pt",
     "scheduler.pt",
-    "rng.pt",
     "state.json",
 )
+# Each rank's RNG state, so that after a resume every rank continues its own random stream
+# (dropout masks) instead of all taking rank 0's: rng/rank-00000.pt, rng/rank-00001.pt, ...
+RNG_DIR = "rng"
+LEGACY_RNG = "rng.pt"  # before per-rank states: rank 0's only, at the checkpoint's top level
 
 
 @dataclass
@@ -96,6 +100,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+def seed_new_rank(seed: int, step: int, rank: int) -> None:
+    """A stream for a rank the checkpoint has no state for (resumed on more processes than it was
+    saved by): derived from (seed, step, rank), so it is reproducible and differs from every other."""
+    derived = int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:4], "big")
+    random.seed(derived)
+    torch.manual_seed(derived)
+
+
 class CheckpointStore:
     def __init__(self, storage: Storage, output_uri: str, keep: int) -> None:
         self.storage = storage
@@ -110,6 +126,13 @@ class CheckpointStore:
                 steps.append(int(match.group(1)))
         return sorted(steps)
 
+    def save_rng(self, step: int, rank: int) -> None:
+        """This rank's RNG state. Every rank calls it, and all of them before rank 0's `save`,
+        whose marker makes the checkpoint count."""
+        buffer = io.BytesIO()
+        torch.save(rng_state(), buffer)
+        self.storage.put_bytes(buffer.getvalue(), self.root.join(step_name(step), RNG_DIR, rng_file(rank)).uri)
+
     def save(
         self,
         model: PeftModel,
@@ -117,14 +140,14 @@ class CheckpointStore:
         scheduler: Any,
         state: TrainState,
     ) -> str:
-        """Write locally, upload every file, then the marker. Returns the checkpoint URI."""
+        """Write locally, upload every file, then the marker. Returns the checkpoint URI.
+        Rank 0 only, after every rank's `save_rng` for this step."""
         target = self.root.join(step_name(state.step))
         with tempfile.TemporaryDirectory(prefix="kubetune-ckpt-") as tmp:
             local = Path(tmp)
             model.save_pretrained(str(local), safe_serialization=True)
             torch.save(optimizer.state_dict(), local / "optimizer.pt")
             torch.save(scheduler.state_dict(), local / "scheduler.pt")
-            torch.save(rng_state(), local / "rng.pt")
             (local / "state.json").write_text(json.dumps(asdict(state)))
             files = self.storage.put_dir(local, target.uri)
         self.storage.mark_complete(target.uri, {"step": state.step, "files": files, "time": time.time()})
@@ -147,7 +170,11 @@ class CheckpointStore:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         resume_key: str,
+        rank: int = 0,
+        seed: int = 0,
     ) -> TrainState:
+        """The state of checkpoint `step`, into the model, optimizer and scheduler given, and this
+        rank's RNG state (see restore_rng)."""
         source = self.root.join(step_name(step))
         local = {name: self.storage.stage_file(source.join(name).uri) for name in FILES}
         state = TrainState(**json.loads(local["state.json"].read_text()))
@@ -159,5 +186,23 @@ class CheckpointStore:
         set_peft_model_state_dict(model, load_file(str(local["adapter_model.safetensors"])))
         optimizer.load_state_dict(torch.load(local["optimizer.pt"], weights_only=True))
         scheduler.load_state_dict(torch.load(local["scheduler.pt"], weights_only=True))
-        set_rng_state(torch.load(local["rng.pt"], weights_only=False))
+        self.restore_rng(step, rank, seed)
         return state
+
+    def restore_rng(self, step: int, rank: int, seed: int) -> str:
+        """This rank's own saved stream; rank 0 of a checkpoint from before per-rank states gets the
+        one state it had; a rank the checkpoint never had gets a fresh stream (seed_new_rank).
+        Returns which of the three happened."""
+        source = self.root.join(step_name(step))
+        if rng_file(rank) in self.storage.list_children(source.join(RNG_DIR).uri):
+            uri, how = source.join(RNG_DIR, rng_file(rank)).uri, "own"
+        elif rank == 0 and LEGACY_RNG in self.storage.list_children(source.uri):
+            uri, how = source.join(LEGACY_RNG).uri, "legacy"
+        else:
+            log.warning("checkpoint step %d has no RNG state for rank %d: a new stream for it", step, rank)
+            seed_new_rank(seed, step, rank)
+            return "new"
+        # weights_only=False: the Python RNG state is a tuple torch's safe loader refuses; the file is
+        # this job's own checkpoint, in its own output location.
+        set_rng_state(torch.load(self.storage.stage_file(uri), weights_only=False))
+        return how

@@ -176,6 +176,9 @@ class LoRAFinetuneRecipe:
         scheduler = build_scheduler(optimizer, cfg.training, plan)
         prepared_model, optimizer = accelerator.prepare(model, optimizer)
         self.model = accelerator.unwrap_model(prepared_model)
+        # From here each rank draws its own random numbers (dropout): the seed plus the rank. The
+        # LoRA weights above were drawn from the shared seed, so every rank starts from the same ones.
+        set_seed(cfg.training.seed, device_specific=True)
         checkpoints = CheckpointStore(self.storage, cfg.output.uri, cfg.training.keep_checkpoints)
         key = resume_key(
             cfg, model_fingerprint["sha256"], [fp.get("sha256") or fp.get("etag", "") for fp in data_fingerprints]
@@ -183,7 +186,9 @@ class LoRAFinetuneRecipe:
         state = TrainState(resume_key=key, attempt=cfg.runtime.attempt)
         latest = checkpoints.latest()
         if latest is not None:
-            state = checkpoints.load(latest, self.model, optimizer, scheduler, key)
+            state = checkpoints.load(
+                latest, self.model, optimizer, scheduler, key, accelerator.process_index, cfg.training.seed
+            )
             state.attempt = cfg.runtime.attempt
             self.on_event(f"resumed from checkpoint step {latest} (epoch {state.epoch}, batch {state.micro_batch})")
         return Session(

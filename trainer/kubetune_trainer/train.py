@@ -140,6 +140,8 @@ def _gpu_memory(ctx: TrainContext) -> None:
 
 def save_checkpoint(ctx: TrainContext, state: TrainState) -> None:
     ctx.accelerator.wait_for_everyone()
+    ctx.checkpoints.save_rng(state.step, ctx.accelerator.process_index)  # every rank its own stream
+    ctx.accelerator.wait_for_everyone()  # all of them written before rank 0's marker
     if ctx.accelerator.is_main_process:
         ctx.reporter.update(phase=TrainerPhase.CHECKPOINTING)
         uri = ctx.checkpoints.save(ctx.accelerator.unwrap_model(ctx.model), ctx.optimizer, ctx.scheduler, state)
