@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from kubetune_api.protocol import DataStats, MemoryEstimate, ModelReport, PreflightReport, StepPlan
+from kubetune_api.protocol import (
+    DataStats,
+    FitOption,
+    FitPlan,
+    MemoryEstimate,
+    ModelReport,
+    PreflightReport,
+    StepPlan,
+)
 
 STATS = DataStats(
     format="chat",
@@ -38,3 +46,23 @@ PREFLIGHT = PreflightReport(
     memory=MEMORY,
     model=ModelReport(model_type="qwen3", architecture="Qwen3ForCausalLM"),
 )
+
+# The planner's verdict for a job that does not fit an H100 as written, and its cheapest fix.
+FIT = FitPlan(
+    gpu_type="H100-80GB",
+    gpu_memory_bytes=81_559 * 2**20,
+    job=FitOption(
+        method="lora", gpus=1, micro_batch=8, gradient_checkpointing=False, memory_bytes=141 * 2**30, gpu_hours=0.41
+    ),
+    activation_bytes=60 * 2**30,
+    activation_bytes_checkpointed=4 * 2**30,
+    fits=False,
+    suggestion=FitOption(
+        method="qlora-4bit", gpus=1, micro_batch=2, gradient_checkpointing=True, memory_bytes=50 * 2**30, gpu_hours=0.54
+    ),
+    tokens=1_228_800,
+    flops_per_token=4.2e11,
+    assumed_mfu=0.35,
+    wall_hours=0.41,
+)
+PREFLIGHT_WITH_FIT = PREFLIGHT.model_copy(update={"fit": FIT})

@@ -94,6 +94,7 @@ class FailureReason(StrEnum):
     JOB_FAILED = "JobFailed"
     PREFLIGHT_FAILED = "PreflightFailed"
     UNSUPPORTED_MODEL = "UnsupportedModel"
+    WILL_NOT_FIT = "WillNotFit"
 
 
 # A reason, phase or status this release does not know (a newer trainer's) stays a plain
@@ -174,6 +175,13 @@ _TABLE = [  # reason, trainer exit code, kind, retried, advice
     FailureInfo(R.JOB_FAILED, None, INFRA, True, "The Job failed without a pod outcome; retried automatically."),
     FailureInfo(R.PREFLIGHT_FAILED, None, USER, False, "The preflight Job failed; its pod log says why."),
     FailureInfo(
+        R.WILL_NOT_FIT,
+        None,
+        USER,
+        False,
+        "Make the change status.preflight.fit.suggestion names, or set preflight.enforceFit: false to try anyway.",
+    ),
+    FailureInfo(
         R.UNSUPPORTED_MODEL,
         30,
         ErrorKind.UNSUPPORTED,
@@ -252,6 +260,34 @@ class MemoryEstimate(WireModel):
     total_bytes: int
 
 
+class FitOption(WireModel):
+    """One way to run the job: its method, GPUs and batch, and what it needs per GPU."""
+
+    method: str = Field(description="lora (bf16 base, replicated), qlora-4bit, qlora-8bit or fsdp (sharded base).")
+    gpus: int = Field(description="GPUs in all (ranks).")
+    micro_batch: int = Field(description="Sequences per GPU per micro-step.")
+    gradient_checkpointing: bool = Field(description="Whether activations are recomputed in the backward pass.")
+    memory_bytes: int = Field(description="Estimated peak memory per GPU.")
+    gpu_hours: float | None = Field(default=None, description="Estimated GPU-hours (unknown GPU type: none).")
+
+
+class FitPlan(WireModel):
+    """Will the job fit its GPUs, what would make it fit, and how long it takes: from config.json and
+    the data's token counts only (issue 11's planner; formulas in docs/scaling.md)."""
+
+    gpu_type: str | None = Field(default=None, description="The GPU type planned for; None when the job names none.")
+    gpu_memory_bytes: int | None = Field(default=None, description="That type's memory per GPU.")
+    job: FitOption = Field(description="The job as written.")
+    activation_bytes: int = Field(description="Activations per GPU as written.")
+    activation_bytes_checkpointed: int = Field(description="Activations per GPU with gradient checkpointing.")
+    fits: bool | None = Field(default=None, description="Whether the job fits (None: unknown GPU type).")
+    suggestion: FitOption | None = Field(default=None, description="The cheapest change that fits, when it does not.")
+    tokens: int = Field(description="Tokens the run feeds the model, padding of packs included.")
+    flops_per_token: float = Field(description="Model FLOPs per token of a training step as written.")
+    assumed_mfu: float | None = Field(default=None, description="Model FLOPs utilisation assumed for the GPU type.")
+    wall_hours: float | None = Field(default=None, description="Estimated training time (unknown GPU type: none).")
+
+
 class PackingDecision(WireModel):
     """Whether rows were packed, and why not when they were asked to be."""
 
@@ -283,6 +319,7 @@ class PreflightReport(WireModel):
     plan: StepPlan = Field(description="The optimizer steps planned for the training hardware.")
     memory: MemoryEstimate | None = Field(default=None, description="GPU memory estimate (when planning for a GPU).")
     model: ModelReport | None = Field(default=None, description="The base model's architecture, from config.json.")
+    fit: FitPlan | None = Field(default=None, description="Fit and time plan (when planning for a GPU).")
 
 
 # -- the run summary (termination message) -------------------------------------------------------

@@ -22,6 +22,7 @@ from kubetune_api.spec import (
     FineTuneJob,
     LoRASpec,
     OutputSpec,
+    ResourcesSpec,
     StorageSpec,
     TrainingSpec,
 )
@@ -75,6 +76,8 @@ class TrainerConfig(BaseModel):
     evaluation: EvaluationSpec
     output: OutputSpec
     storage: StorageSpec
+    # The hardware the job asks for: the preflight plans memory, fit and time for it.
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)
 
     def to_json(self) -> str:
@@ -122,6 +125,7 @@ def trainer_config_from_job(
         evaluation=spec.evaluation,
         output=output,
         storage=spec.storage,
+        resources=spec.resources,
         runtime=runtime or RuntimeOptions(),
     )
 

@@ -28,7 +28,7 @@ from kubetune_api.protocol import (
     failure_for_exit_code,
     parse_termination_message,
 )
-from protocol_samples import MEMORY, PLAN, PREFLIGHT, STATS
+from protocol_samples import MEMORY, PLAN, PREFLIGHT, PREFLIGHT_WITH_FIT, STATS
 
 SUMMARY = RunSummary(
     status=RunStatus.SUCCEEDED,
@@ -67,7 +67,7 @@ PROGRESS = ProgressReport(
     checkpoints=[CheckpointRecord(step=40, uri="s3://out/run/checkpoints/step-00000040/", time=1795000000.0)],
     last_update_time=1795000001.0,
 )
-MESSAGES: list[WireModel] = [PREFLIGHT, SUMMARY, FAILED, PROGRESS]
+MESSAGES: list[WireModel] = [PREFLIGHT, PREFLIGHT_WITH_FIT, SUMMARY, FAILED, PROGRESS]
 
 
 # -- pinned wire shapes --------------------------------------------------------------------------
@@ -175,6 +175,14 @@ def test_termination_message_stays_under_the_kubelet_limit_and_valid_json() -> N
     assert parsed.message and parsed.message.endswith("…")
     huge_uri = SUMMARY.model_copy(update={"adapter_uri": "s3://b/" + "k" * 5000})
     assert len(huge_uri.to_termination_message().encode()) <= TERMINATION_MESSAGE_LIMIT_BYTES
+
+
+def test_a_preflight_report_with_its_fit_plan_is_a_termination_message_with_room_to_spare() -> None:
+    """The preflight report is written whole (never truncated): with the fit plan it must stay well
+    under the kubelet's 4 KiB."""
+    text = PREFLIGHT_WITH_FIT.to_wire_json()
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT_BYTES // 2
+    assert parse_termination_message(text) == PREFLIGHT_WITH_FIT
 
 
 # -- compatibility -------------------------------------------------------------------------------

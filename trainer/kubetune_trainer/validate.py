@@ -12,6 +12,7 @@ import json
 import struct
 from pathlib import Path
 
+from kubetune_api.gpus import GpuType, gpu_type_from_node_selector
 from kubetune_api.protocol import ModelReport, PreflightReport
 from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer import architectures, quantization
@@ -19,27 +20,35 @@ from kubetune_trainer.errors import ModelInvalid
 from kubetune_trainer.inputs import load_inputs
 from kubetune_trainer.memory import estimate_memory
 from kubetune_trainer.modeling import TOKENIZER_FILES
+from kubetune_trainer.planner import plan_fit
 from kubetune_trainer.storage import Storage, parse_uri
 
 
-def validate_job(config: TrainerConfig, plan_device: str | None = None, world_size: int = 1) -> PreflightReport:
-    """Row checks, tokens, steps and memory for the job as it will train.
+def validate_job(
+    config: TrainerConfig, plan_device: str | None = None, world_size: int = 1, gpu_type: GpuType | None = None
+) -> PreflightReport:
+    """Row checks, tokens, steps, memory and the fit plan for the job as it will train.
 
     `plan_device` is where training will run (the preflight itself runs on a CPU node), so
-    `batchSize: auto` and the step count match the real run.
+    `batchSize: auto` and the step count match the real run. `gpu_type`: the GPUs to plan for;
+    by default the type the job's node selector names (planner.plan_fit; unknown: no verdict).
     """
     device = plan_device or ("cuda" if config.runtime.device == "cuda" else "cpu")
     quantization.check(config.lora, device)  # no bitsandbytes, or DoRA on 8 bits on CPU: before staging anything
     storage = Storage(config.storage, config.runtime.cache_dir, config.runtime.cache_size_limit_bytes)
     inputs = load_inputs(config, storage, device, world_size, model_files=frozenset(TOKENIZER_FILES))
     model_config = json.loads((inputs.model_dir / "config.json").read_text())
-    memory = None
+    memory, fit = None, None
     if device == "cuda" and "hidden_size" in model_config:
         memory = estimate_memory(model_config, config.training, config.lora, inputs.plan.batch_size)
+        gpu = gpu_type if gpu_type is not None else gpu_type_from_node_selector(config.resources.node_selector)
+        fit = plan_fit(model_config, config.training, config.lora, inputs.plan, inputs.data.stats, world_size, gpu)
     check_weights(config.base_model_uri, inputs.model_dir, storage)
     arch = inputs.architecture
     model = ModelReport(model_type=arch.model_type, architecture=arch.class_name)
-    return PreflightReport(job=config.job_name, data=inputs.data.stats, plan=inputs.plan, memory=memory, model=model)
+    return PreflightReport(
+        job=config.job_name, data=inputs.data.stats, plan=inputs.plan, memory=memory, model=model, fit=fit
+    )
 
 
 def check_weights(model_uri: str, config_dir: Path, storage: Storage) -> None:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from kubetune_api.protocol import EvalResult, PreflightReport, RunSummary
+from kubetune_api.gpus import GIB, GPU_TYPES, GpuType, gpu_type_named
+from kubetune_api.protocol import EvalResult, FitPlan, PreflightReport, RunSummary
 from kubetune_api.spec import FineTuneJob
 from kubetune_api.trainer_config import (
     ManifestError,
@@ -54,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--overwrite", action="store_true", help="delete the output first and train anew")
     run_parser.add_argument("--metrics-port", type=int, help="serve /metrics and /progress on this port")
     run_parser.add_argument("--no-progress", action="store_true")
-    sub.choices["validate"].add_argument("--json", action="store_true", help="print the report as JSON")
+    validate_parser = sub.choices["validate"]
+    validate_parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    validate_parser.add_argument(
+        "--gpu-type",
+        help=f"plan memory, fit and time for this GPU type ({', '.join(GPU_TYPES)}, or a node label value such "
+        "as NVIDIA-H100-80GB-HBM3); default: the type resources.nodeSelector names",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
 
@@ -70,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             from kubetune_trainer.validate import validate_job  # loads a tokenizer: not for --help
 
-            report = validate_job(config)
+            resources = config.resources
+            report = validate_job(
+                config,
+                plan_device="cuda" if resources.gpus else None,  # plan for the job's GPUs, not this machine
+                world_size=max(1, resources.gpus) * resources.nodes,
+                gpu_type=_gpu_type(args.gpu_type),
+            )
             if args.json:
                 print(json.dumps(report.to_wire(), indent=2))
             else:
@@ -117,6 +130,15 @@ def config_for(path: Path, runtime: RuntimeOptions) -> TrainerConfig:
     return trainer_config_from_job(read_manifest(path), runtime, base_dir=path.resolve().parent)
 
 
+def _gpu_type(name: str | None) -> GpuType | None:
+    if name is None:
+        return None
+    gpu = gpu_type_named(name)
+    if gpu is None:
+        raise InvalidSpec(f"--gpu-type {name}: not a GPU type kubetune knows ({', '.join(GPU_TYPES)})")
+    return gpu
+
+
 def _print_validation(report: PreflightReport) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -127,7 +149,42 @@ def _print_validation(report: PreflightReport) -> None:
             table.add_row(key, str(value))
     if report.model is not None:
         table.add_row("model", f"{report.model.architecture} ({report.model.model_type})")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if report.fit is not None:
+        console.print(_fit_table(report.fit))
+
+
+def _fit_table(fit: FitPlan) -> Any:
+    from rich.table import Table
+
+    def gib(n: int | None) -> str:
+        return "?" if n is None else f"{n / GIB:.1f} GiB"
+
+    def hours(h: float | None) -> str:
+        return "? (unknown GPU type)" if h is None else f"{h:.3g}"
+
+    table = Table(title=f"fit and time on {fit.gpu_type or 'an unknown GPU type'} ({gib(fit.gpu_memory_bytes)})")
+    for column in ("", "method", "GPUs", "micro-batch", "checkpointing", "memory per GPU", "GPU-hours"):
+        table.add_column(column)
+    rows = [("as written", fit.job)] + ([("cheapest fit", fit.suggestion)] if fit.suggestion else [])
+    for label, option in rows:
+        table.add_row(
+            label,
+            option.method,
+            str(option.gpus),
+            str(option.micro_batch),
+            "on" if option.gradient_checkpointing else "off",
+            gib(option.memory_bytes),
+            hours(option.gpu_hours),
+        )
+    verdict = {True: "fits", False: "does not fit", None: "no verdict"}[fit.fits]
+    if fit.fits is False and fit.suggestion is None:
+        verdict += ": no change in the spec makes it fit (more GPUs need FSDP, not yet available)"
+    mfu = f", assumed MFU {fit.assumed_mfu:.0%}" if fit.assumed_mfu is not None else ""
+    wall = f", about {fit.wall_hours:.3g} h of training" if fit.wall_hours is not None else ""
+    table.caption = f"{verdict}; {fit.tokens:,} tokens at {fit.flops_per_token:.3g} FLOPs/token{mfu}{wall}"
+    return table
 
 
 def _print_summary(summary: RunSummary) -> None:
