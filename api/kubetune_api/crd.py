@@ -51,6 +51,13 @@ PRINTER_COLUMNS: list[JSON] = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.uri", "priority": 1},
     {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus", "priority": 1},
     {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts", "priority": 1},
+    {
+        "name": "GPU-Hours",
+        "type": "number",
+        "jsonPath": ".status.preflight.fit.gpuHours",
+        "description": "Estimated GPU-hours (preflight).",
+        "priority": 1,
+    },
 ]
 
 

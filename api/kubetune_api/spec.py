@@ -404,6 +404,12 @@ class PreflightSpec(_Model):
         description="Run a CPU-only Job that validates every row, counts tokens and plans the steps "
         "before any GPU is requested. Disable only for data that has already passed.",
     )
+    enforce_fit: bool = Field(
+        default=True,
+        description="Refuse a job whose memory estimate does not fit its GPUs (reason WillNotFit), before any "
+        "GPU is requested; status.preflight.fit names the cheapest change that would fit. The estimate is "
+        "about ±30%: set false to try anyway.",
+    )
 
 
 class FineTuneJobSpec(_Model):

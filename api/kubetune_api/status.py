@@ -117,6 +117,22 @@ class MemoryFit(StrEnum):
     MAY_NOT_FIT = "MayNotFit"
 
 
+class FitStatus(_Status):
+    """The preflight's fit and time plan for the job's GPUs, and its cost (operator prices)."""
+
+    gpu_type: str | None = Field(default=None, description="GPU type planned for (from resources.nodeSelector).")
+    fits: bool | None = Field(default=None, description="Whether the estimate fits that GPU (unknown type: unset).")
+    method: str | None = Field(default=None, description="lora, qlora-4bit or qlora-8bit, as written.")
+    memory_per_gpu_bytes: int | None = Field(default=None, description="Estimated peak memory per GPU, as written.")
+    suggestion: str | None = Field(default=None, description="The cheapest change that fits, when the job does not.")
+    gpu_hours: float | None = Field(default=None, description="Estimated GPU-hours (the GPU-Hours column).")
+    wall_hours: float | None = Field(default=None, description="Estimated hours of training.")
+    estimated_cost: float | None = Field(
+        default=None, description="GPU-hours times the operator's price for the GPU type; unset when unknown."
+    )
+    currency: str | None = Field(default=None, description="Currency of estimatedCost (the operator's setting).")
+
+
 class PreflightStatus(_Status):
     """What the CPU preflight Job found, before any GPU was requested."""
 
@@ -133,8 +149,10 @@ class PreflightStatus(_Status):
     estimated_steps: int | None = Field(default=None, description="Planned optimizer steps.")
     estimated_gpu_memory_bytes: int | None = Field(default=None, description="Estimated peak memory of one GPU rank.")
     memory_fit: MemoryFit | None = Field(
-        default=None, description="Fits or MayNotFit, against the operator's KUBETUNE_GPU_MEMORY_GIB."
+        default=None,
+        description="Fits or MayNotFit, against the GPU type's memory, else the operator's KUBETUNE_GPU_MEMORY_GIB.",
     )
+    fit: FitStatus | None = Field(default=None, description="Fit, time and cost plan for the job's GPUs.")
 
 
 class ProgressStatus(_Status):

@@ -39,6 +39,7 @@ from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status_from_reports import (
     apply_progress,
     apply_summary,
+    fit_message,
     job_phase,
     model_status,
     preflight_status,
@@ -255,7 +256,9 @@ def _preflight(draft: _Draft, spec: FineTuneJobSpec) -> bool:
     # A success without a readable report (an older image, a truncated message): the data
     # passed, but there is nothing to show.
     report = (
-        preflight_status(outcome.report, spec, draft.settings.gpu_memory_gib)
+        preflight_status(
+            outcome.report, spec, draft.settings.gpu_memory_gib, draft.settings.gpu_price, draft.settings.currency
+        )
         if isinstance(outcome.report, PreflightReport)
         else None
     )
@@ -266,12 +269,39 @@ def _preflight(draft: _Draft, spec: FineTuneJobSpec) -> bool:
     message = f"{rows} training rows, {tokens} tokens, {steps} steps planned"
     draft.condition(C.DATA_VALIDATED, True, "Validated", message)
     draft.event("Normal", "DataValidated", message)
+    fit = report.fit if report is not None else None
+    if fit is not None:
+        if fit.fits is False and spec.preflight.enforce_fit:
+            draft.fail(
+                FailureReason.WILL_NOT_FIT,
+                f"{fit_message(fit)}; or set preflight.enforceFit: false to try anyway (the estimate is ±30%)",
+            )
+            return False
+        draft.event("Normal", "FitPlanned", fit_message(fit))
+        if fit.gpu_type is None:
+            draft.event(
+                "Warning",
+                "CostUnknown",
+                "resources.nodeSelector names no GPU type kubetune knows: no fit verdict, GPU-hours or cost "
+                "(label the selector with nvidia.com/gpu.product, for example)",
+            )
+        elif fit.estimated_cost is None:
+            draft.event(
+                "Warning",
+                "CostUnknown",
+                f"the operator has no price for {fit.gpu_type} (chart value operator.gpuPrices): cost unknown",
+            )
     if report is not None and report.memory_fit == MemoryFit.MAY_NOT_FIT:
+        limit = f"{fit.gpu_type}'s memory" if fit and fit.gpu_type else f"{draft.settings.gpu_memory_gib} GiB"
+        advice = (
+            f"cheapest change that fits: {fit.suggestion}"
+            if fit and fit.suggestion
+            else "lower batchSize or maxSeqLength, or enable gradientCheckpointing or lora.quantization"
+        )
         draft.event(
             "Warning",
             "MemoryMayNotFit",
-            f"estimated {(report.estimated_gpu_memory_bytes or 0) / 2**30:.1f} GiB per GPU exceeds "
-            f"{draft.settings.gpu_memory_gib} GiB; lower batchSize or maxSeqLength, or enable gradientCheckpointing",
+            f"estimated {(report.estimated_gpu_memory_bytes or 0) / 2**30:.1f} GiB per GPU exceeds {limit}; {advice}",
         )
     return True
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubetune_api.gpus import gpu_type_named
 from kubetune_api.spec import DNS_SUBDOMAIN_PATTERN, CacheSpec, Quantity
 
 ENV_PREFIX = "KUBETUNE_"
@@ -42,11 +43,27 @@ class OperatorSettings(BaseSettings):
     )
     max_checkpoints_in_status: int = Field(default=10, ge=1, le=100)
     gpu_memory_gib: float = Field(
-        default=80.0, gt=0, description="GPU memory the preflight's memory estimate is compared with."
+        default=80.0,
+        gt=0,
+        description="GPU memory the preflight's memory estimate is compared with when the job's GPU type is unknown.",
     )
+    gpu_prices: dict[str, float] = Field(
+        default_factory=dict,
+        description="Price per GPU-hour by GPU type (H100-80GB, A100-80GB, ...; JSON in KUBETUNE_GPU_PRICES), "
+        "for status.preflight.fit.estimatedCost. A type without a price gets no cost, and a Warning.",
+    )
+    currency: str = Field(default="USD", max_length=8, description="Currency of gpu_prices.")
     progress_timeout_seconds: float = Field(default=3.0, gt=0, description="Timeout of one /progress request.")
     health_port: int = Field(default=8080, ge=1, le=65535, description="Operator /healthz, /readyz and /metrics.")
     api_workers: int = Field(default=16, ge=1, le=256, description="Threads for Kubernetes API calls.")
+
+    def gpu_price(self, gpu_type: str) -> float | None:
+        """The price per GPU-hour of a GPU type; keys may be type names or node label values."""
+        for key, price in self.gpu_prices.items():
+            named = gpu_type_named(key)
+            if key == gpu_type or (named is not None and named.name == gpu_type):
+                return price
+        return None
 
     @property
     def preflight_image_or_default(self) -> str:

@@ -7,10 +7,13 @@ RunSummary      (trainer termination message)    -> status.artifacts, .metrics, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from kubetune_api.protocol import (
     CheckpointRecord,
+    FitOption,
+    FitPlan,
     ModelReport,
     PreflightReport,
     ProgressReport,
@@ -22,6 +25,7 @@ from kubetune_api.status import (
     ArtifactsStatus,
     CheckpointStatus,
     FineTuneJobStatus,
+    FitStatus,
     MemoryFit,
     MetricsStatus,
     ModelStatus,
@@ -70,8 +74,14 @@ def eta_text(seconds: float | None) -> str | None:
     return f"{total // 3600}h{(total % 3600) // 60:02d}m"
 
 
-def preflight_status(report: PreflightReport, spec: FineTuneJobSpec, gpu_memory_gib: float) -> PreflightStatus:
-    """The preflight Job's report, as status.preflight."""
+def preflight_status(
+    report: PreflightReport,
+    spec: FineTuneJobSpec,
+    gpu_memory_gib: float,
+    price_of: Callable[[str], float | None] = lambda gpu_type: None,
+    currency: str = "USD",
+) -> PreflightStatus:
+    """The preflight Job's report, as status.preflight. `price_of`: price per GPU-hour of a GPU type."""
     data, plan = report.data, report.plan
     out = PreflightStatus(
         format=data.format,
@@ -89,8 +99,61 @@ def preflight_status(report: PreflightReport, spec: FineTuneJobSpec, gpu_memory_
     if report.memory is not None and spec.resources.gpus > 0:
         per_gpu = report.memory.total_bytes
         out.estimated_gpu_memory_bytes = per_gpu
-        out.memory_fit = MemoryFit.FITS if per_gpu <= gpu_memory_gib * GIB else MemoryFit.MAY_NOT_FIT
+        fits = per_gpu <= gpu_memory_gib * GIB
+        if report.fit is not None and report.fit.fits is not None:
+            fits = report.fit.fits  # the job's own GPU type, with the planner's headroom
+        out.memory_fit = MemoryFit.FITS if fits else MemoryFit.MAY_NOT_FIT
+    if report.fit is not None and spec.resources.gpus > 0:
+        out.fit = fit_status(report.fit, price_of, currency)
     return out
+
+
+def fit_status(fit: FitPlan, price_of: Callable[[str], float | None], currency: str) -> FitStatus:
+    price = price_of(fit.gpu_type) if fit.gpu_type else None
+    hours = fit.job.gpu_hours
+    return FitStatus(
+        gpu_type=fit.gpu_type,
+        fits=fit.fits,
+        method=fit.job.method,
+        memory_per_gpu_bytes=fit.job.memory_bytes,
+        suggestion=describe_change(fit.job, fit.suggestion) if fit.suggestion else None,
+        gpu_hours=_round(hours, 3),
+        wall_hours=_round(fit.wall_hours, 3),
+        estimated_cost=None if price is None or hours is None else round(price * hours, 2),
+        currency=currency if price is not None and hours is not None else None,
+    )
+
+
+def describe_change(job: FitOption, option: FitOption) -> str:
+    """What to change in the spec to get from `job` to `option`, with field names."""
+    changes = []
+    if option.method != job.method:
+        changes.append(f"lora.quantization: {option.method.removeprefix('qlora-')}")
+    if option.gradient_checkpointing and not job.gradient_checkpointing:
+        changes.append("training.gradientCheckpointing: true")
+    if option.micro_batch != job.micro_batch:
+        accumulation = job.micro_batch // option.micro_batch
+        changes.append(
+            f"training.batchSize: {option.micro_batch} with gradientAccumulationSteps ×{accumulation} "
+            "(the same rows per step)"
+        )
+    hours = f", {option.gpu_hours:.3g} GPU-hours" if option.gpu_hours is not None else ""
+    return f"{'; '.join(changes)} (about {option.memory_bytes / GIB:.1f} GiB per GPU{hours})"
+
+
+def fit_message(fit: FitStatus) -> str:
+    """One line for the FitPlanned / WillNotFit Events."""
+    memory = f"{(fit.memory_per_gpu_bytes or 0) / GIB:.1f} GiB per GPU"
+    where = f"on {fit.gpu_type}" if fit.gpu_type else "on an unknown GPU type (no verdict)"
+    verdict = {True: "fits", False: "does not fit", None: "estimated"}[fit.fits]
+    parts = [f"{fit.method} {verdict} {where}: {memory}"]
+    if fit.gpu_hours is not None:
+        parts.append(f"{fit.gpu_hours:.3g} GPU-hours")
+    if fit.estimated_cost is not None:
+        parts.append(f"about {fit.estimated_cost:,.2f} {fit.currency}")
+    if fit.suggestion:
+        parts.append(f"cheapest change that fits: {fit.suggestion}")
+    return "; ".join(parts)
 
 
 def apply_progress(status: FineTuneJobStatus, progress: ProgressReport, max_checkpoints: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kubetune_api.gpus import gpu_type_from_node_selector
 from kubetune_api.spec import FineTuneJobSpec, precision_problem
 from kubetune_api.validation_messages import describe_errors
 
@@ -59,6 +60,12 @@ def resource_rules(spec: FineTuneJobSpec) -> list[str]:
     resources = spec.resources
     if resources.nodes > 1 and resources.gpus < 1:
         errors.append(f"spec.resources.nodes: {resources.nodes} nodes need resources.gpus >= 1")
+    gpu = gpu_type_from_node_selector(resources.node_selector)
+    if gpu is not None and resources.gpus > gpu.max_per_node:
+        errors.append(
+            f"spec.resources.gpus: {resources.gpus} GPUs per node, but nodes with {gpu.name} "
+            f"(resources.nodeSelector) have at most {gpu.max_per_node}; use resources.nodes for more"
+        )
     problem = precision_problem(spec.training.precision, on_gpu=resources.gpus > 0)
     if problem is not None:
         errors.append(f"spec.{problem} (resources.gpus is 0)")

@@ -224,6 +224,8 @@ def test_operator_settings_parse_the_rendered_env(
     assert settings.namespace == RELEASE_NAMESPACE
     assert settings.health_port == 8080
     assert settings.trainer_image == "ghcr.io/kubetune/trainer:0.1.0"
+    assert (settings.gpu_price("H100-80GB"), settings.gpu_price("A100-80GB"), settings.currency) == (3.5, 2.1, "EUR")
+    assert settings.gpu_price("L4-24GB") is None
 
 
 def test_namespaced_mode(rendered: dict[str, Rendered]) -> None:

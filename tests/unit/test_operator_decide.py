@@ -34,7 +34,7 @@ from kubetune_operator.patching import merge_patch
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status_from_reports import merge_checkpoints
 from kubetune_operator.views import JobView, PodView, job_view, pod_view, progress_url
-from protocol_samples import PREFLIGHT
+from protocol_samples import FIT, PREFLIGHT, PREFLIGHT_WITH_FIT
 
 OWNER = Owner(name="ft", namespace="team", uid="uid-1")
 SETTINGS = OperatorSettings(poll_interval_seconds=5, gpu_memory_gib=80)
@@ -183,6 +183,10 @@ def test_invalid_spec_fails_with_every_field_named_and_creates_nothing() -> None
         ({"resources": {"gpus": 0, "nodes": 2}}, "spec.resources.nodes"),
         ({"resources": {"gpus": 0}, "training": {"precision": "fp16"}}, "spec.training.precision"),
         ({"unknownField": 1}, "spec.unknownField"),
+        (
+            {"resources": {"gpus": 16, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}},
+            "spec.resources.gpus: 16 GPUs per node, but nodes with H100-80GB (resources.nodeSelector) have at most 8",
+        ),
     ],
 )
 def test_cluster_rules_reject_what_cannot_run_in_a_pod(overrides: JSON, field: str) -> None:
@@ -251,6 +255,62 @@ def test_memory_estimate_above_the_gpu_warns_but_does_not_fail() -> None:
     plan = decide(snap(status=status, jobs=(kjob("preflight", None),), pods=(done,)), SETTINGS)
     assert plan.status.preflight is not None and plan.status.preflight.memory_fit == MemoryFit.MAY_NOT_FIT
     assert "MemoryMayNotFit" in reasons(plan) and plan.create_attempt == 1
+
+
+def finish_preflight(report: Any, raw_spec: JSON | None = None, settings: OperatorSettings = SETTINGS) -> Decision:
+    status = decide(snap(raw_spec), settings).status
+    done = kpod("preflight", None, phase="Succeeded", exit_code=0, message=report.to_wire_json())
+    return decide(snap(raw_spec, status=status, jobs=(kjob("preflight", None),), pods=(done,)), settings)
+
+
+def test_a_job_that_will_not_fit_fails_before_any_gpu_job_with_the_cheapest_change_named() -> None:
+    plan = finish_preflight(PREFLIGHT_WITH_FIT)
+    assert plan.status.phase == Phase.FAILED and plan.create_attempt is None
+    assert plan.status.error is not None and plan.status.error.reason == "WillNotFit"
+    message = plan.status.error.message
+    assert "lora does not fit on H100-80GB: 141.0 GiB per GPU" in message
+    assert "lora.quantization: 4bit; training.gradientCheckpointing: true; training.batchSize: 2" in message
+    assert "preflight.enforceFit: false" in message
+    fit = plan.status.preflight.fit if plan.status.preflight else None
+    assert fit is not None and fit.fits is False and fit.gpu_hours == 0.41 and fit.suggestion
+    assert conditions(plan)[ConditionType.DATA_VALIDATED].status == "True", "the data passed; the hardware did not"
+
+
+def test_enforce_fit_false_tries_anyway_with_a_warning_and_the_cost() -> None:
+    settings = OperatorSettings(poll_interval_seconds=5, gpu_prices={"NVIDIA-H100-80GB-HBM3": 3.0}, currency="EUR")
+    plan = finish_preflight(PREFLIGHT_WITH_FIT, spec(preflight={"enforceFit": False}), settings)
+    assert plan.create_attempt == 1
+    assert plan.status.preflight is not None and plan.status.preflight.memory_fit == MemoryFit.MAY_NOT_FIT
+    fit = plan.status.preflight.fit
+    assert fit is not None and (fit.estimated_cost, fit.currency) == (1.23, "EUR")
+    events = {e.reason: e for e in plan.events}
+    assert "about 1.23 EUR" in events["FitPlanned"].message
+    assert "exceeds H100-80GB's memory; cheapest change that fits: lora.quantization: 4bit" in (
+        events["MemoryMayNotFit"].message
+    )
+    assert "CostUnknown" not in events
+
+
+def test_a_gpu_type_without_a_price_warns_that_the_cost_is_unknown() -> None:
+    fits = FIT.model_copy(update={"fits": True, "suggestion": None})
+    plan = finish_preflight(PREFLIGHT.model_copy(update={"fit": fits}))
+    assert plan.create_attempt == 1
+    fit = plan.status.preflight.fit if plan.status.preflight else None
+    assert fit is not None and fit.estimated_cost is None and fit.gpu_hours == 0.41
+    events = {e.reason: e.message for e in plan.events}
+    assert "no price for H100-80GB (chart value operator.gpuPrices)" in events["CostUnknown"]
+
+
+def test_an_unknown_gpu_type_gives_no_verdict_and_warns() -> None:
+    unknown = FIT.model_copy(
+        update={"gpu_type": None, "gpu_memory_bytes": None, "fits": None, "suggestion": None, "wall_hours": None}
+    )
+    unknown = unknown.model_copy(update={"job": unknown.job.model_copy(update={"gpu_hours": None})})
+    plan = finish_preflight(PREFLIGHT.model_copy(update={"fit": unknown}))
+    assert plan.create_attempt == 1
+    events = {e.reason: e.message for e in plan.events}
+    assert "names no GPU type kubetune knows" in events["CostUnknown"]
+    assert "on an unknown GPU type (no verdict)" in events["FitPlanned"]
 
 
 def test_bad_dataset_fails_in_preflight_and_no_gpu_job_is_created() -> None:
