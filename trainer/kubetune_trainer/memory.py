@@ -13,11 +13,11 @@ from kubetune_api.protocol import MemoryEstimate
 from kubetune_api.spec import ALL_LINEAR, LoRASpec, Precision, Quantization, TrainingSpec
 
 GIB = 2**30
-# Activation bytes per token, per hidden unit, per layer, for a transformer block in 16-bit
-# without recomputation (Korthikanti et al., "Reducing Activation Recomputation in Large
-# Transformer Models", 2022: 34·s·b·h, attention scores excluded as SDPA/flash never keep them).
-ACTIVATION_BYTES_PER_TOKEN_HIDDEN = 34
 CUDA_OVERHEAD_BYTES = 1 * GIB  # context, cuBLAS workspace, allocator slack
+# Cross-entropy over the vocabulary holds three token x vocabulary fp32 tensors at its peak: the
+# saved log-softmax, and in the backward pass its gradient and the logits' gradient (in bf16 the
+# logits' own copy and their upcast add about as much as the fp32 run's kept logits).
+LOGITS_FP32_COPIES = 3
 # bitsandbytes NF4 with double quantisation: 4 bits a weight, one 8-bit absmax per block of 64
 # weights, and one fp32 scale per 256 of those blocks.
 NF4_BLOCK, NF4_SCALE_BLOCKS = 64, 256
@@ -52,6 +52,24 @@ def _linear_shapes(model_config: dict[str, Any]) -> dict[str, tuple[int, int]]:
     }
 
 
+def activation_elements_per_token(model_config: dict[str, Any]) -> int:
+    """Elements autograd keeps per token for one Llama-shaped block without recomputation.
+
+    Attention: the norm's input and output, q and k before and after the rotary embedding, v, and
+    the attention output (SDPA and flash attention keep no score matrix); MLP: the norm's input and
+    output, the gate and up projections, the activation and the product that feeds down_proj.
+    Checked against the tensors autograd saves (bench/memory_calibration.py): within 6% for a
+    Llama with intermediate 2.75x hidden (Korthikanti et al. 2022 count 17 per hidden unit for
+    GPT's 4x MLP)."""
+    hidden = int(model_config["hidden_size"])
+    heads = int(model_config["num_attention_heads"])
+    kv_heads = int(model_config.get("num_key_value_heads") or heads)
+    head_dim = int(model_config.get("head_dim") or hidden // heads)
+    inter = int(model_config["intermediate_size"])
+    q, kv = heads * head_dim, kv_heads * head_dim
+    return 3 * hidden + 2 * q + 3 * kv + 2 * hidden + 4 * inter
+
+
 def estimate_memory(
     model_config: dict[str, Any], training: TrainingSpec, lora: LoRASpec, batch_size: int
 ) -> MemoryEstimate:
@@ -69,11 +87,11 @@ def estimate_memory(
 
     weight_bytes = 4 if training.precision == Precision.FP32 else 2
     tokens = batch_size * training.max_seq_length
-    per_layer = ACTIVATION_BYTES_PER_TOKEN_HIDDEN * tokens * hidden
+    per_layer = activation_elements_per_token(model_config) * tokens * weight_bytes
     # With checkpointing only each layer's input is kept, plus one layer being recomputed.
-    saved_inputs = layers * 2 * tokens * hidden + per_layer
+    saved_inputs = layers * weight_bytes * tokens * hidden + per_layer
     activations = saved_inputs if training.gradient_checkpointing else layers * per_layer
-    logits = 2 * tokens * vocab * 4  # fp32 logits and their gradient
+    logits = LOGITS_FP32_COPIES * tokens * vocab * 4
     weights = params * weight_bytes
     if lora.quantization is not Quantization.NONE:
         # The decoder blocks' linear layers are stored quantised; PEFT's k-bit preparation keeps
