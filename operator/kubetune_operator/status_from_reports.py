@@ -117,11 +117,16 @@ def fit_status(fit: FitPlan, price_of: Callable[[str], float | None], currency: 
         method=fit.job.method,
         memory_per_gpu_bytes=fit.job.memory_bytes,
         suggestion=describe_change(fit.job, fit.suggestion) if fit.suggestion else None,
-        gpu_hours=_round(hours, 3),
-        wall_hours=_round(fit.wall_hours, 3),
+        gpu_hours=_significant(hours),
+        wall_hours=_significant(fit.wall_hours),
         estimated_cost=None if price is None or hours is None else round(price * hours, 2),
         currency=currency if price is not None and hours is not None else None,
     )
+
+
+def _significant(value: float | None, digits: int = 3) -> float | None:
+    """Rounded to `digits` significant figures: a small job's 0.000412 GPU-hours is not 0."""
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def describe_change(job: FitOption, option: FitOption) -> str:

@@ -177,7 +177,7 @@ def test_kubectl_get_ftj_shows_the_generated_printer_columns(
     assert header.split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
     assert row.split()[:2] == ["shown", "Failed"]
     wide_header = kubectl("get", "finetunejobs", "-o", "wide")[0].split()
-    assert wide_header == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS"]
+    assert wide_header == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS", "GPU-HOURS"]
     assert any("shown" in line for line in kubectl("get", "kubetune"))  # the category
 
 
@@ -342,6 +342,58 @@ def test_a_pod_without_a_free_gpu_is_unschedulable_not_failed(
     assert "Insufficient nvidia.com/gpu" in conditions(status)["Unschedulable"].message
     assert ("Warning", "Unschedulable") in kube.events("waiting")
     assert status.error is None
+
+
+H100_NODES = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def test_a_gpu_job_is_planned_for_its_gpu_type_on_cpu_before_its_gpu_pod(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str], kube_api: Any
+) -> None:
+    """The preflight runs on CPU; status.preflight.fit, a FitPlanned Event and the GPU-Hours column
+    say what the job needs on an H100 before its GPU pod is even scheduled (here it never is)."""
+    kube.apply(
+        finetunejob("planned", staged["bucket"], staged["endpoint"], resources={"gpus": 1, "nodeSelector": H100_NODES})
+    )
+
+    def unschedulable() -> FineTuneJobStatus | None:
+        status = kube.status("planned")
+        return status if status.condition_is(ConditionType.UNSCHEDULABLE) else None
+
+    status = wait_for(unschedulable, 120, "the trainer's Unschedulable condition", operator.check_alive)
+    assert status.preflight is not None and status.preflight.fit is not None
+    fit = status.preflight.fit
+    assert (fit.gpu_type, fit.fits, fit.method) == ("H100-80GB", True, "lora")
+    assert fit.gpu_hours is not None and fit.gpu_hours > 0 and fit.estimated_cost is None
+    events = kube.events("planned")
+    assert ("Normal", "FitPlanned") in events and ("Warning", "CostUnknown") in events
+    wide = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kube_api.kubeconfig), "get", "ftj", "planned", "-o", "wide"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert wide[0].split()[-1] == "GPU-HOURS" and float(wide[1].split()[-1]) == pytest.approx(fit.gpu_hours)
+
+
+def test_a_job_that_will_not_fit_its_gpus_fails_before_any_gpu_job(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    """8,192 sequences of 512 tokens per micro-step on an L4 (4M tokens, 3 fp32 logits copies each):
+    the preflight's plan says no, and names the cheapest fix."""
+    body = finetunejob(
+        "too-big",
+        staged["bucket"],
+        staged["endpoint"],
+        training={"maxSeqLength": 512, "batchSize": 8192},
+        resources={"gpus": 1, "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"}},
+    )
+    kube.apply(body)
+    status = kube.wait_phase("too-big", {"Failed", "Succeeded"}, 120, operator.check_alive)
+    assert status.phase == "Failed" and status.error is not None and status.error.reason == "WillNotFit"
+    assert "does not fit on L4-24GB" in status.error.message and "training.batchSize:" in status.error.message
+    assert kube.jobs("too-big") == ["too-big-preflight"], "no trainer Job: no GPU was requested"
+    assert ("Warning", "WillNotFit") in kube.events("too-big")
 
 
 def test_namespaced_operator_ignores_other_namespaces(kube_api: Any, kube: Kube, tmp_path: Path) -> None:
