@@ -99,6 +99,12 @@ class DatasetFormat(StrEnum):
     TEXT = "text"
 
 
+class Sharding(StrEnum):
+    AUTO = "auto"
+    DDP = "ddp"
+    FSDP = "fsdp"
+
+
 class Precision(StrEnum):
     AUTO = "auto"
     BF16 = "bf16"
@@ -249,6 +255,13 @@ class TrainingSpec(_Model):
     precision: Precision = Field(default=Precision.AUTO, description="auto: bf16 on GPUs that support it, else fp32.")
     gradient_checkpointing: bool = Field(
         default=True, description="Recompute activations in backward (non-reentrant) to save memory."
+    )
+    sharding: Sharding = Field(
+        default=Sharding.AUTO,
+        description="How several processes share the model. ddp: a full copy of the base on every GPU. fsdp: "
+        "the base and the adapter sharded across all GPUs of all nodes (FSDP2), for bases that do not fit one "
+        "GPU. auto: fsdp when the memory estimate of a full copy does not fit the GPU, else ddp. One process: "
+        "neither.",
     )
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for shuffling, split, dropout and LoRA init.")
     checkpoint_every_steps: int = Field(

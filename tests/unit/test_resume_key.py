@@ -20,6 +20,7 @@ def config(tmp_path: Path, **lora: object) -> TrainerConfig:
 def key_before_qlora(cfg: TrainerConfig, model: str, data: list[str]) -> str:
     """The key as the release before quantization/DoRA/rsLoRA computed it."""
     exclude = {"checkpoint_every_steps", "keep_checkpoints", "log_every_steps"}
+    exclude.add("sharding")  # a field that release did not have
     payload = {
         "model": model,
         "data": data,
@@ -43,3 +44,9 @@ def test_the_new_lora_settings_change_the_key_when_set(tmp_path: Path) -> None:
         resume_key(config(tmp_path, use_rslora=True), "sha", ["d"]),
     }
     assert plain not in keys and len(keys) == 3
+
+
+def test_the_sharding_strategy_does_not_change_the_key(tmp_path: Path) -> None:
+    """Checkpoints hold full state: a run may resume under another strategy (and world size)."""
+    raw = trainer_config("m", "t.jsonl", "out", cache_dir=tmp_path, training={"sharding": "fsdp"})
+    assert resume_key(TrainerConfig.model_validate(raw), "sha", ["d"]) == resume_key(config(tmp_path), "sha", ["d"])

@@ -22,22 +22,23 @@ from typing import Any
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from kubetune_api.trainer_config import TrainerConfig
+from kubetune_trainer import sharding
 from kubetune_trainer.errors import InvalidSpec
 from kubetune_trainer.storage import Location, Storage, parse_uri
 
 log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-FILES = (
-    "adapter_model.safetensors",
-    "adapter_config.json",
-    "optimizer.pt",
-    "scheduler.pt",
-    "state.json",
-)
+# Full, name-keyed state (sharding.py), whatever the strategy and world size that wrote it:
+# trainable.safetensors holds every trainable parameter whole, optimizer.pt the full optimizer
+# state dict keyed by parameter name.
+TRAINABLE = "trainable.safetensors"
+FILES = (TRAINABLE, "optimizer.pt", "scheduler.pt", "state.json")
+# Before sharding: the adapter as PEFT saves it and the optimizer's own (index-keyed) state dict.
+LEGACY_FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.pt", "scheduler.pt", "state.json")
 # Each rank's RNG state, so that after a resume every rank continues its own random stream
 # (dropout masks) instead of all taking rank 0's: rng/rank-00000.pt, rng/rank-00001.pt, ...
 RNG_DIR = "rng"
@@ -57,6 +58,7 @@ class TrainState:
     baseline: dict[str, Any] | None = None
     resume_key: str = ""
     attempt: int = 1
+    global_micro_batch: int = 0  # sequences per micro-batch over all ranks (0: a checkpoint from before)
 
 
 # LoRA fields added after a release: left out of the key while they hold their default, so a
@@ -64,9 +66,23 @@ class TrainState:
 LORA_FIELDS_ADDED_LATER = ("quantization", "use_dora", "use_rslora")
 
 
-def resume_key(config: TrainerConfig, model_fingerprint: str, data_fingerprints: list[str]) -> str:
-    """What must match for a checkpoint to be resumable: data, model and the training maths."""
-    training = config.training.model_dump(exclude={"checkpoint_every_steps", "keep_checkpoints", "log_every_steps"})
+def resume_key(
+    config: TrainerConfig, model_fingerprint: str, data_fingerprints: list[str], rows_per_step: int | None = None
+) -> str:
+    """What must match for a checkpoint to be resumable: data, model and the training maths.
+
+    `rows_per_step` (sequences per optimizer step over all ranks): the key then holds that instead
+    of the per-rank batchSize and gradientAccumulationSteps, so a run resumes on another number of
+    ranks as long as each optimizer step sees the same sequences. Without it: the key of releases
+    before per-rank-independent checkpoints, still accepted on load."""
+    # sharding is left out: checkpoints hold full (unsharded) state, so a run may resume under
+    # another strategy (and checkpoints from before the field still match).
+    exclude = {"checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "sharding"}
+    if rows_per_step is not None:
+        exclude |= {"batch_size", "gradient_accumulation_steps"}
+    training = config.training.model_dump(exclude=exclude)
+    if rows_per_step is not None:
+        training["rows_per_step"] = rows_per_step
     lora_defaults = {
         name
         for name in LORA_FIELDS_ADDED_LATER
@@ -80,6 +96,17 @@ def resume_key(config: TrainerConfig, model_fingerprint: str, data_fingerprints:
         "dataset": config.dataset.model_dump(exclude={"train", "validation"}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def rescale_position(state: TrainState, global_micro_batch: int) -> TrainState:
+    """The next micro-batch index for a run whose micro-batches (over all ranks) hold
+    `global_micro_batch` sequences, from a checkpoint written with another size: the same
+    sequences done, counted in the new size (a checkpoint is at a step boundary, so it divides)."""
+    if state.global_micro_batch and state.global_micro_batch != global_micro_batch:
+        done = state.micro_batch * state.global_micro_batch
+        state.micro_batch = -(-done // global_micro_batch)
+    state.global_micro_batch = global_micro_batch
+    return state
 
 
 def step_name(step: int) -> str:
@@ -135,18 +162,19 @@ class CheckpointStore:
 
     def save(
         self,
-        model: PeftModel,
-        optimizer: torch.optim.Optimizer,
+        trainable: dict[str, torch.Tensor],
+        optimizer_state: dict[str, Any],
         scheduler: Any,
         state: TrainState,
     ) -> str:
         """Write locally, upload every file, then the marker. Returns the checkpoint URI.
-        Rank 0 only, after every rank's `save_rng` for this step."""
+        Rank 0 only, after every rank's `save_rng` for this step; `trainable` and `optimizer_state`
+        are the full state every rank gathered (sharding.trainable_state / optimizer_state)."""
         target = self.root.join(step_name(state.step))
         with tempfile.TemporaryDirectory(prefix="kubetune-ckpt-") as tmp:
             local = Path(tmp)
-            model.save_pretrained(str(local), safe_serialization=True)
-            torch.save(optimizer.state_dict(), local / "optimizer.pt")
+            save_file(trainable, str(local / TRAINABLE))
+            torch.save(optimizer_state, local / "optimizer.pt")
             torch.save(scheduler.state_dict(), local / "scheduler.pt")
             (local / "state.json").write_text(json.dumps(asdict(state)))
             files = self.storage.put_dir(local, target.uri)
@@ -169,22 +197,27 @@ class CheckpointStore:
         model: PeftModel,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        resume_key: str,
+        resume_keys: tuple[str, ...],
         rank: int = 0,
         seed: int = 0,
     ) -> TrainState:
         """The state of checkpoint `step`, into the model, optimizer and scheduler given, and this
         rank's RNG state (see restore_rng)."""
         source = self.root.join(step_name(step))
-        local = {name: self.storage.stage_file(source.join(name).uri) for name in FILES}
+        legacy = TRAINABLE not in self.storage.list_children(source.uri)
+        local = {name: self.storage.stage_file(source.join(name).uri) for name in (LEGACY_FILES if legacy else FILES)}
         state = TrainState(**json.loads(local["state.json"].read_text()))
-        if state.resume_key != resume_key:
+        if state.resume_key not in resume_keys:
             raise InvalidSpec(
                 f"{source.uri}: this checkpoint was made from a different dataset, model or training "
                 "config; use a new output.uri, or delete the old checkpoints to start over"
             )
-        set_peft_model_state_dict(model, load_file(str(local["adapter_model.safetensors"])))
-        optimizer.load_state_dict(torch.load(local["optimizer.pt"], weights_only=True))
+        if legacy:  # written by one process or DDP before checkpoints held full, name-keyed state
+            set_peft_model_state_dict(model, load_file(str(local["adapter_model.safetensors"])))
+            optimizer.load_state_dict(torch.load(local["optimizer.pt"], weights_only=True))
+        else:
+            sharding.load_trainable_state(model, load_file(str(local[TRAINABLE])))
+            sharding.load_optimizer_state(model, optimizer, torch.load(local["optimizer.pt"], weights_only=True))
         scheduler.load_state_dict(torch.load(local["scheduler.pt"], weights_only=True))
         self.restore_rng(step, rank, seed)
         return state

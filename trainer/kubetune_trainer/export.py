@@ -88,6 +88,7 @@ def build_manifest(
     model_report: ModelReport,
     device: str,
     processes: int,
+    sharding: str,
     model_fingerprint: dict[str, Any],
     data_fingerprints: list[dict[str, Any]],
     stats: DataStats,
@@ -117,6 +118,7 @@ def build_manifest(
             "packing": model_report.packing.to_wire() if model_report.packing else None,
             "device": device,
             "processes": processes,
+            "sharding": sharding,  # single, ddp or fsdp, as run (training.sharding resolved)
         },
         "data": stats.model_dump(by_alias=False),
         "eval": evaluations.model_dump(mode="json", by_alias=False, exclude_none=True),

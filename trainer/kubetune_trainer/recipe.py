@@ -13,6 +13,7 @@ whether it is the user's to fix. Imports torch.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
 from kubetune_api.protocol import (
@@ -38,11 +39,12 @@ from kubetune_api.protocol import (
 )
 from kubetune_api.spec import Quantization
 from kubetune_api.trainer_config import TrainerConfig
-from kubetune_trainer import export, modeling, quantization
-from kubetune_trainer.checkpoint import CheckpointStore, TrainState, resume_key
+from kubetune_trainer import export, modeling, quantization, sharding
+from kubetune_trainer.checkpoint import CheckpointStore, TrainState, rescale_position, resume_key
 from kubetune_trainer.errors import UnsupportedModel
 from kubetune_trainer.evaluate import eval_loss, exact_match
 from kubetune_trainer.inputs import JobInputs, load_inputs
+from kubetune_trainer.memory import estimate_memory
 from kubetune_trainer.packing_check import check_packing
 from kubetune_trainer.prepare import plan_steps
 from kubetune_trainer.progress import ProgressReporter
@@ -86,6 +88,7 @@ class Session:
     model_fingerprint: dict[str, Any]
     data_fingerprints: list[dict[str, Any]]
     model_report: ModelReport  # architecture, attention loaded, packing as run
+    strategy: sharding.Strategy = "single"  # single process, ddp or fsdp (sharding.resolve)
 
 
 class LoRAFinetuneRecipe:
@@ -134,10 +137,17 @@ class LoRAFinetuneRecipe:
         device_type = "cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"
         numerics = modeling.choose_numerics(cfg.training.precision, device_type)
         quantization.check(cfg.lora, device_type)  # QLoRA needs bitsandbytes; no 8-bit DoRA on CPU: before any download
-        accelerator = Accelerator(mixed_precision=numerics.mixed_precision, cpu=device_type == "cpu")
+        # The process group first; the Accelerator once the strategy is known (it needs the model's size).
+        processes = PartialState(cpu=device_type == "cpu")
         with self._phase(TrainerPhase.STAGING):
             self.storage.check_writable(cfg.output.uri)  # before any download: a wrong bucket fails first
-        inputs = load_inputs(cfg, self.storage, device_type, accelerator.num_processes, phase=self._phase)
+        inputs = load_inputs(cfg, self.storage, device_type, processes.num_processes, phase=self._phase)
+        strategy = self._strategy(inputs, processes.num_processes, device_type)
+        accelerator = Accelerator(
+            mixed_precision=numerics.mixed_precision,
+            cpu=device_type == "cpu",
+            fsdp_plugin=sharding.fsdp_plugin() if strategy == "fsdp" else None,
+        )
         stats, plan = inputs.data.stats, inputs.plan
         self.on_event(
             f"staged model and data in {self.timings[TrainerPhase.STAGING]:.1f}s; "
@@ -155,8 +165,10 @@ class LoRAFinetuneRecipe:
                 quantize=cfg.lora.quantization,
                 packed=cfg.training.packing,
             )
-            if getattr(base, "hf_quantizer", None) is None:  # a quantised model is placed as it loads
-                base.to(accelerator.device)  # the packing check runs where training will
+            if getattr(base, "hf_quantizer", None) is None and strategy != "fsdp":
+                # The packing check runs where training will. Under FSDP a whole copy may not fit one
+                # GPU: the check runs on the CPU copy, and prepare() moves each rank's shard.
+                base.to(accelerator.device)
             inputs, model_report = self._check_packing(base, inputs, device_type, accelerator.num_processes)
             self.reporter.update(model=model_report)
             set_seed(cfg.training.seed)  # the check drew no random numbers from torch's stream, but be sure
@@ -170,6 +182,7 @@ class LoRAFinetuneRecipe:
             f"{_precision_name(numerics)} on {device_type}, attention {model_report.attention}; "
             f"{plan.total_steps} steps ({plan.epochs} epochs x {plan.steps_per_epoch}), "
             f"batch {plan.batch_size} x accumulation {plan.gradient_accumulation_steps}"
+            + (f"; {strategy} over {accelerator.num_processes} processes" if strategy != "single" else "")
         )
 
         optimizer = build_optimizer(model, cfg.training, device_type)
@@ -180,16 +193,19 @@ class LoRAFinetuneRecipe:
         # LoRA weights above were drawn from the shared seed, so every rank starts from the same ones.
         set_seed(cfg.training.seed, device_specific=True)
         checkpoints = CheckpointStore(self.storage, cfg.output.uri, cfg.training.keep_checkpoints)
-        key = resume_key(
-            cfg, model_fingerprint["sha256"], [fp.get("sha256") or fp.get("etag", "") for fp in data_fingerprints]
-        )
-        state = TrainState(resume_key=key, attempt=cfg.runtime.attempt)
+        model_sha = model_fingerprint["sha256"]
+        data_ids = [fp.get("sha256") or fp.get("etag", "") for fp in data_fingerprints]
+        global_micro = plan.batch_size * accelerator.num_processes
+        key = resume_key(cfg, model_sha, data_ids, rows_per_step=global_micro * plan.gradient_accumulation_steps)
+        state = TrainState(resume_key=key, attempt=cfg.runtime.attempt, global_micro_batch=global_micro)
         latest = checkpoints.latest()
         if latest is not None:
+            keys = (key, resume_key(cfg, model_sha, data_ids))  # the second: checkpoints of earlier releases
             state = checkpoints.load(
-                latest, self.model, optimizer, scheduler, key, accelerator.process_index, cfg.training.seed
+                latest, self.model, optimizer, scheduler, keys, accelerator.process_index, cfg.training.seed
             )
-            state.attempt = cfg.runtime.attempt
+            state = rescale_position(state, global_micro)
+            state.attempt, state.resume_key = cfg.runtime.attempt, key
             self.on_event(f"resumed from checkpoint step {latest} (epoch {state.epoch}, batch {state.micro_batch})")
         return Session(
             accelerator=accelerator,
@@ -204,7 +220,19 @@ class LoRAFinetuneRecipe:
             model_fingerprint=model_fingerprint,
             data_fingerprints=data_fingerprints,
             model_report=model_report,
+            strategy=strategy,
         )
+
+    def _strategy(self, inputs: JobInputs, world_size: int, device_type: str) -> sharding.Strategy:
+        """training.sharding for this run: auto compares the memory estimate of a full copy with the GPU."""
+        training = self.config.training
+        estimate, gpu_bytes = None, None
+        if device_type == "cuda":
+            gpu_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+            config = json.loads((inputs.model_dir / "config.json").read_text())
+            if "hidden_size" in config and "intermediate_size" in config:
+                estimate = estimate_memory(config, training, self.config.lora, inputs.plan.batch_size).total_bytes
+        return sharding.resolve(training.sharding, world_size, estimate, gpu_bytes)
 
     def _check_packing(
         self, base: Any, inputs: JobInputs, device_type: str, world_size: int
@@ -306,10 +334,12 @@ class LoRAFinetuneRecipe:
             eval=evaluations,
             model=session.model_report,
         )
+        # A collective under FSDP: every rank gathers the adapter, rank 0 writes it.
+        adapter = sharding.trainable_state(accelerator.unwrap_model(session.model))
         if accelerator.is_main_process:
             with self._phase(TrainerPhase.EXPORTING):
                 out = self.work_dir / "export"
-                self._save_model(out, session)
+                self._save_model(out, session, adapter)
                 export.write_reports(out, cfg, state, session.inputs.data.stats, evals)
                 manifest = export.build_manifest(
                     cfg,
@@ -319,6 +349,7 @@ class LoRAFinetuneRecipe:
                     model_report=session.model_report,
                     device=accelerator.device.type,
                     processes=accelerator.num_processes,
+                    sharding=session.strategy,
                     model_fingerprint=session.model_fingerprint,
                     data_fingerprints=session.data_fingerprints,
                     stats=session.inputs.data.stats,
@@ -333,19 +364,22 @@ class LoRAFinetuneRecipe:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _save_model(self, out: Path, session: Session) -> None:
-        """The adapter and tokenizer (and, when asked, merged full weights) into `out`."""
+    def _save_model(self, out: Path, session: Session, adapter: dict[str, torch.Tensor]) -> None:
+        """The adapter (gathered whole: `adapter`) and tokenizer, and, when asked, merged full
+        weights, into `out`."""
         out.mkdir(parents=True, exist_ok=True)
         peft_model = session.accelerator.unwrap_model(session.model)
         tokenizer = session.inputs.tokenizer
-        peft_model.save_pretrained(str(out), safe_serialization=True)
+        peft_model.save_pretrained(str(out), safe_serialization=True, state_dict=adapter)
         tokenizer.padding_side = "right"
         tokenizer.save_pretrained(str(out))
         if self.config.output.merge_adapter:
-            if self.config.lora.quantization is Quantization.NONE:
+            # A sharded model cannot merge in place: like a quantised one, the staged base is loaded
+            # again and the saved adapter merged into it.
+            if self.config.lora.quantization is Quantization.NONE and session.strategy != "fsdp":
                 merged = peft_model.merge_and_unload()
                 merged.save_pretrained(str(out / "merged"), safe_serialization=True)
-            else:  # into the staged full-precision base, not into its 4/8-bit rounding (docs/trainer.md)
+            else:  # into the staged full-precision base (not its 4/8-bit rounding, not a shard)
                 quantization.merge_unquantized(session.inputs.model_dir, out, out / "merged")
             tokenizer.save_pretrained(str(out / "merged"))
 

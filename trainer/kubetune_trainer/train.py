@@ -24,6 +24,7 @@ from peft import PeftModel
 
 from kubetune_api.protocol import CheckpointRecord, StepPlan, TrainerPhase
 from kubetune_api.spec import TrainingSpec
+from kubetune_trainer import sharding
 from kubetune_trainer.checkpoint import CheckpointStore, TrainState
 from kubetune_trainer.errors import GPUOOM, Preempted
 from kubetune_trainer.packing import TrainSequence, batch_order, collate
@@ -139,12 +140,17 @@ def _gpu_memory(ctx: TrainContext) -> None:
 
 
 def save_checkpoint(ctx: TrainContext, state: TrainState) -> None:
-    ctx.accelerator.wait_for_everyone()
-    ctx.checkpoints.save_rng(state.step, ctx.accelerator.process_index)  # every rank its own stream
-    ctx.accelerator.wait_for_everyone()  # all of them written before rank 0's marker
-    if ctx.accelerator.is_main_process:
+    acc = ctx.accelerator
+    acc.wait_for_everyone()
+    # Collectives under FSDP (every rank gathers the shards); plain copies otherwise.
+    model = acc.unwrap_model(ctx.model)
+    trainable = sharding.trainable_state(model)
+    optimizer_state = sharding.optimizer_state(model, ctx.optimizer)
+    ctx.checkpoints.save_rng(state.step, acc.process_index)  # every rank its own stream
+    acc.wait_for_everyone()  # all of them written before rank 0's marker
+    if acc.is_main_process:
         ctx.reporter.update(phase=TrainerPhase.CHECKPOINTING)
-        uri = ctx.checkpoints.save(ctx.accelerator.unwrap_model(ctx.model), ctx.optimizer, ctx.scheduler, state)
+        uri = ctx.checkpoints.save(trainable, optimizer_state, ctx.scheduler, state)
         saved = CheckpointRecord(step=state.step, uri=uri, time=time.time())
         checkpoints = [*ctx.reporter.report.checkpoints, saved][-ctx.training.keep_checkpoints :]
         ctx.reporter.update(phase=TrainerPhase.RUNNING, checkpoints=checkpoints, new_checkpoints=1)
