@@ -491,3 +491,14 @@ class FineTuneJob(BaseModel):
     metadata: ObjectMeta
     spec: FineTuneJobSpec
     status: dict[str, Any] | None = None
+
+
+def sharding_problem(training: TrainingSpec, lora: LoRASpec) -> str | None:
+    """FSDP shards parameters; bitsandbytes' packed 4/8-bit weights are not shardable tensors here.
+    Shared by the operator's admission and the trainer, like precision_problem."""
+    if training.sharding is Sharding.FSDP and lora.quantization is not Quantization.NONE:
+        return (
+            f"training.sharding: fsdp cannot shard a quantised base (lora.quantization: {lora.quantization.value}); "
+            "use sharding ddp or auto with QLoRA, or fsdp with lora.quantization: none"
+        )
+    return None

@@ -132,7 +132,11 @@ def _significant(value: float | None, digits: int = 3) -> float | None:
 def describe_change(job: FitOption, option: FitOption) -> str:
     """What to change in the spec to get from `job` to `option`, with field names."""
     changes = []
-    if option.method != job.method:
+    if option.gpus != job.gpus:
+        changes.append(f"{option.gpus} GPUs in all (resources.gpus x resources.nodes)")
+    if option.method == "fsdp" and job.method != "fsdp":
+        changes.append("training.sharding: fsdp (or auto)")
+    elif option.method != job.method:
         changes.append(f"lora.quantization: {option.method.removeprefix('qlora-')}")
     if option.gradient_checkpointing and not job.gradient_checkpointing:
         changes.append("training.gradientCheckpointing: true")

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubetune_api.gpus import gpu_type_from_node_selector
-from kubetune_api.spec import FineTuneJobSpec, precision_problem
+from kubetune_api.spec import FineTuneJobSpec, precision_problem, sharding_problem
 from kubetune_api.validation_messages import describe_errors
 
 CLUSTER_SCHEMES = ("s3://", "pvc://")
@@ -66,6 +66,9 @@ def resource_rules(spec: FineTuneJobSpec) -> list[str]:
             f"spec.resources.gpus: {resources.gpus} GPUs per node, but nodes with {gpu.name} "
             f"(resources.nodeSelector) have at most {gpu.max_per_node}; use resources.nodes for more"
         )
+    problem = sharding_problem(spec.training, spec.lora)
+    if problem is not None:
+        errors.append(f"spec.{problem}")
     problem = precision_problem(spec.training.precision, on_gpu=resources.gpus > 0)
     if problem is not None:
         errors.append(f"spec.{problem} (resources.gpus is 0)")

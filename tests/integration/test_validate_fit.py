@@ -96,3 +96,15 @@ def test_the_table_shows_the_verdict_and_the_cheapest_fit(
     assert kubetune.main(["validate", str(job), "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     assert "fit and time on L4-24GB" in out and "as written" in out and "fits;" in out
+
+
+def test_fsdp_with_a_quantised_base_is_refused_with_the_field_named(
+    tmp_path: Path, tiny_model_dir: Path, numbers_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(numbers_path, tmp_path / "train.jsonl")
+    job = tmp_path / "job.yaml"
+    text = MANIFEST.format(model=tiny_model_dir, resources="    gpus: 2")
+    text = text.replace("  training:\n", "  lora:\n    quantization: 4bit\n  training:\n    sharding: fsdp\n")
+    job.write_text(text)
+    assert kubetune.main(["validate", str(job), "--cache-dir", str(tmp_path / "cache")]) == 11
+    assert "training.sharding: fsdp cannot shard a quantised base (lora.quantization: 4bit)" in capsys.readouterr().err

@@ -184,6 +184,10 @@ def test_invalid_spec_fails_with_every_field_named_and_creates_nothing() -> None
         ({"resources": {"gpus": 0}, "training": {"precision": "fp16"}}, "spec.training.precision"),
         ({"unknownField": 1}, "spec.unknownField"),
         (
+            {"training": {"sharding": "fsdp"}, "lora": {"quantization": "4bit"}},
+            "spec.training.sharding: fsdp cannot shard a quantised base (lora.quantization: 4bit)",
+        ),
+        (
             {"resources": {"gpus": 16, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}},
             "spec.resources.gpus: 16 GPUs per node, but nodes with H100-80GB (resources.nodeSelector) have at most 8",
         ),
@@ -754,3 +758,12 @@ def test_progress_url_targets_the_current_attempts_rank_zero() -> None:
     pods = (kpod(attempt=1, phase="Failed", exit_code=21), kpod(attempt=2))
     assert progress_url(2, pods) == "http://10.0.0.7:9090/progress"
     assert progress_url(3, pods) is None
+
+
+def test_the_suggestion_names_more_gpus_and_sharding_when_that_is_the_fix() -> None:
+    from kubetune_operator.status_from_reports import describe_change
+
+    sharded = FIT.suggestion.model_copy(update={"method": "fsdp", "gpus": 8, "micro_batch": 8})  # type: ignore[union-attr]
+    text = describe_change(FIT.job, sharded)
+    assert text.startswith("8 GPUs in all (resources.gpus x resources.nodes); training.sharding: fsdp (or auto)")
+    assert "lora.quantization" not in text

@@ -9,7 +9,7 @@ import pytest
 
 from kubetune_api.gpus import GIB, GPU_TYPES, gpu_type_from_node_selector, gpu_type_named
 from kubetune_api.protocol import DataStats, FitPlan, StepPlan
-from kubetune_api.spec import LoRASpec, Quantization, TrainingSpec
+from kubetune_api.spec import LoRASpec, Quantization, Sharding, TrainingSpec
 from kubetune_trainer import planner
 from kubetune_trainer.memory import estimate_memory
 
@@ -51,8 +51,11 @@ def plan(
     checkpointing: bool = True,
     quantization: Quantization = Quantization.NONE,
     seq: int = 2048,
+    sharding: Sharding = Sharding.AUTO,
 ) -> FitPlan:
-    training = TrainingSpec(max_seq_length=seq, batch_size=batch, gradient_checkpointing=checkpointing, epochs=3)
+    training = TrainingSpec(
+        max_seq_length=seq, batch_size=batch, gradient_checkpointing=checkpointing, epochs=3, sharding=sharding
+    )
     lora = LoRASpec(r=16, quantization=quantization)
     stats = data(seq=seq)
     steps_per_epoch = -(-stats.train_sequences // (batch * gpus))
@@ -150,3 +153,22 @@ def test_the_gpu_type_comes_from_the_node_selector(selector: dict[str, str], nam
 
 def test_a_type_name_is_its_own_label() -> None:
     assert all(gpu_type_named(name) is gpu for name, gpu in GPU_TYPES.items())
+
+
+def test_auto_sharding_makes_a_70b_lora_fit_eight_h100s() -> None:
+    fit = plan("70b", gpus=8)
+    assert fit.job.method == "fsdp" and fit.job.gpus == 8 and fit.fits is True
+    assert fit.job.memory_bytes < 40 * GIB
+
+
+def test_ddp_on_eight_gpus_is_told_to_shard_the_same_gpus() -> None:
+    fit = plan("70b", gpus=8, sharding=Sharding.DDP)
+    assert fit.job.method == "lora" and fit.fits is False
+    assert fit.suggestion is not None and (fit.suggestion.method, fit.suggestion.gpus) == ("fsdp", 8)
+
+
+def test_when_nothing_fits_the_gpus_the_job_has_more_of_them_with_fsdp_is_the_suggestion() -> None:
+    fit = plan("70b", gpu="L40S-48GB", quantization=Quantization.FOUR_BIT)
+    assert fit.fits is False and fit.suggestion is not None
+    assert fit.suggestion.method == "fsdp" and fit.suggestion.gpus in {4, 8}
+    assert fit.suggestion.memory_bytes <= GPU_TYPES["L40S-48GB"].memory_bytes * (1 - planner.HEADROOM)

@@ -4,7 +4,8 @@ no weights, no torch, so it runs in the CPU preflight before any GPU is requeste
 
     memory per GPU    memory.estimate_memory (weights, LoRA state, activations, logits, overhead),
                       and for fsdp the base weights and LoRA state sharded over the ranks plus two
-                      gathered layers (the one computing and the one prefetched)
+                      gathered layers (the one computing and the one prefetched); fsdp is the job's
+                      own strategy when training.sharding says so (or auto finds a full copy too big)
     FLOPs per token   4·N for a LoRA step (forward 2·N, backward 2·N: the frozen weights get no
                       weight gradient; N = matmul parameters, LM head included), +2·N when
                       activations are recomputed, plus causal attention over the mean row
@@ -17,12 +18,12 @@ docs/scaling.md lists what the formulas leave out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubetune_api.gpus import GpuType
 from kubetune_api.protocol import DataStats, FitOption, FitPlan, MemoryEstimate, StepPlan
-from kubetune_api.spec import LoRASpec, Quantization, TrainingSpec
+from kubetune_api.spec import LoRASpec, Quantization, Sharding, TrainingSpec
 from kubetune_trainer.memory import estimate_memory
 
 # A job "fits" when its estimate leaves this share of the GPU free: the estimate is ±30 %, and the
@@ -61,6 +62,13 @@ def plan_fit(
 ) -> FitPlan:
     """The plan for `gpus` GPUs (per node × nodes) of type `gpu` (None: unknown, no verdict)."""
     written = Variant(lora.quantization, False, gpus, steps.batch_size, training.gradient_checkpointing)
+    if gpus > 1 and lora.quantization is Quantization.NONE:
+        # The strategy the trainer will pick (sharding.resolve): fsdp when asked, or on auto when a
+        # full copy does not fit the GPU.
+        full_copy = variant_memory(model_config, training, lora, written)
+        too_big = gpu is not None and full_copy > gpu.memory_bytes * (1 - HEADROOM)
+        if training.sharding is Sharding.FSDP or (training.sharding is Sharding.AUTO and too_big):
+            written = replace(written, sharded=True)
     tokens = fed_tokens(training, steps, data)
 
     def option(variant: Variant) -> FitOption:
@@ -88,9 +96,12 @@ def plan_fit(
         usable = gpu.memory_bytes * (1 - HEADROOM)
         fits = job.memory_bytes <= usable
         if not fits:
-            fitting = [o for o in map(option, alternatives(written)) if o.memory_bytes <= usable]
-            # Cheapest: fewest GPU-hours, then fewest GPUs; alternatives() lists the smallest changes first.
-            suggestion = min(fitting, key=lambda o: (round(o.gpu_hours or 0.0, 3), o.gpus), default=None)
+            fitting = [o for o in map(option, alternatives(written, gpu)) if o.memory_bytes <= usable]
+            # Cheapest: a change on the GPUs the job has before one that needs more of them, then
+            # the fewest GPU-hours, then the fewest GPUs.
+            suggestion = min(
+                fitting, key=lambda o: (o.gpus > written.gpus, round(o.gpu_hours or 0.0, 3), o.gpus), default=None
+            )
     return FitPlan(
         gpu_type=gpu.name if gpu else None,
         gpu_memory_bytes=gpu.memory_bytes if gpu else None,
@@ -106,10 +117,10 @@ def plan_fit(
     )
 
 
-def alternatives(written: Variant) -> list[Variant]:
-    """Changes a user can make in the spec today, smallest first: a smaller micro-batch (with more
-    accumulation, so the same rows per step), gradient checkpointing, 4-bit QLoRA. FSDP is not among
-    them until the trainer can shard (issue 11, item 1); its memory is in docs/scaling.md's table."""
+def alternatives(written: Variant, gpu: GpuType) -> list[Variant]:
+    """Changes a user can make in the spec, smallest first: a smaller micro-batch (with more
+    accumulation, so the same rows per step), gradient checkpointing, 4-bit QLoRA, and FSDP over
+    more GPUs (whole nodes of `gpu.max_per_node` beyond one node)."""
     micro = []
     batch = written.micro_batch
     while batch > 1:
@@ -119,9 +130,17 @@ def alternatives(written: Variant) -> list[Variant]:
     for quantization in dict.fromkeys((written.quantization, Quantization.FOUR_BIT)):
         for checkpointing in dict.fromkeys((written.checkpointing, True)):
             for b in (written.micro_batch, *micro):
-                candidate = Variant(quantization, False, written.gpus, b, checkpointing)
+                sharded = written.sharded and quantization is Quantization.NONE
+                candidate = Variant(quantization, sharded, written.gpus, b, checkpointing)
                 if candidate != written:
                     options.append(candidate)
+    if written.gpus > 1 and not written.sharded:  # the same GPUs, sharded instead of replicated
+        for checkpointing in dict.fromkeys((written.checkpointing, True)):
+            options.append(Variant(Quantization.NONE, True, written.gpus, written.micro_batch, checkpointing))
+    sizes = [n for n in FSDP_SIZES if n > written.gpus and (n <= gpu.max_per_node or n % gpu.max_per_node == 0)]
+    for gpus in sizes:
+        for checkpointing in dict.fromkeys((written.checkpointing, True)):
+            options.append(Variant(Quantization.NONE, True, gpus, written.micro_batch, checkpointing))
     return options
 
 

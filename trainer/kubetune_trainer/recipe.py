@@ -137,6 +137,7 @@ class LoRAFinetuneRecipe:
         device_type = "cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"
         numerics = modeling.choose_numerics(cfg.training.precision, device_type)
         quantization.check(cfg.lora, device_type)  # QLoRA needs bitsandbytes; no 8-bit DoRA on CPU: before any download
+        sharding.check(cfg.training, cfg.lora)
         # The process group first; the Accelerator once the strategy is known (it needs the model's size).
         processes = PartialState(cpu=device_type == "cpu")
         with self._phase(TrainerPhase.STAGING):

@@ -27,11 +27,18 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
-from kubetune_api.spec import Sharding
+from kubetune_api.spec import LoRASpec, Sharding, TrainingSpec, sharding_problem
+from kubetune_trainer.errors import InvalidSpec
 
 Strategy = Literal["single", "ddp", "fsdp"]
 # A full copy "fits" a GPU when the estimate leaves this share free (as the planner's verdict).
 HEADROOM = 0.10
+
+
+def check(training: TrainingSpec, lora: LoRASpec) -> None:
+    problem = sharding_problem(training, lora)
+    if problem:
+        raise InvalidSpec(problem)
 
 
 def resolve(requested: Sharding, world_size: int, full_copy_bytes: int | None, gpu_bytes: int | None) -> Strategy:

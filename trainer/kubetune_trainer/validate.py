@@ -15,7 +15,7 @@ from pathlib import Path
 from kubetune_api.gpus import GpuType, gpu_type_from_node_selector
 from kubetune_api.protocol import ModelReport, PreflightReport
 from kubetune_api.trainer_config import TrainerConfig
-from kubetune_trainer import architectures, quantization
+from kubetune_trainer import architectures, quantization, sharding
 from kubetune_trainer.errors import ModelInvalid
 from kubetune_trainer.inputs import load_inputs
 from kubetune_trainer.memory import estimate_memory
@@ -35,6 +35,7 @@ def validate_job(
     """
     device = plan_device or ("cuda" if config.runtime.device == "cuda" else "cpu")
     quantization.check(config.lora, device)  # no bitsandbytes, or DoRA on 8 bits on CPU: before staging anything
+    sharding.check(config.training, config.lora)
     storage = Storage(config.storage, config.runtime.cache_dir, config.runtime.cache_size_limit_bytes)
     inputs = load_inputs(config, storage, device, world_size, model_files=frozenset(TOKENIZER_FILES))
     model_config = json.loads((inputs.model_dir / "config.json").read_text())

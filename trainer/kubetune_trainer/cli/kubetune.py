@@ -180,7 +180,7 @@ def _fit_table(fit: FitPlan) -> Any:
         )
     verdict = {True: "fits", False: "does not fit", None: "no verdict"}[fit.fits]
     if fit.fits is False and fit.suggestion is None:
-        verdict += ": no change in the spec makes it fit (more GPUs need FSDP, not yet available)"
+        verdict += ": no change the planner knows makes it fit (even FSDP over 64 GPUs); shorten maxSeqLength"
     mfu = f", assumed MFU {fit.assumed_mfu:.0%}" if fit.assumed_mfu is not None else ""
     wall = f", about {fit.wall_hours:.3g} h of training" if fit.wall_hours is not None else ""
     table.caption = f"{verdict}; {fit.tokens:,} tokens at {fit.flops_per_token:.3g} FLOPs/token{mfu}{wall}"
