@@ -241,6 +241,9 @@ class FineTuneJobStatus(_Status):
     model: ModelStatus | None = Field(default=None, description="The base model as loaded: attention, packing.")
     error: ErrorStatus | None = Field(default=None, description="The failure that ended the job.")
     attempts: int | None = Field(default=None, ge=0, description="Trainer attempts started (retries + 1).")
+    world_size: int | None = Field(
+        default=None, ge=1, description="Training processes: resources.gpus (at least 1) x resources.nodes."
+    )
     last_failure: LastFailureStatus | None = Field(default=None, description="The failure that caused the last retry.")
     start_time: Time | None = Field(default=None, description="When the first trainer attempt started.")
     completion_time: Time | None = Field(default=None, description="When the job succeeded or failed.")

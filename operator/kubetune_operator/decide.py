@@ -196,6 +196,7 @@ def _admit(draft: _Draft) -> FineTuneJobSpec | None:
             draft.fail(FailureReason.INVALID_SPEC, message)
             return None
         draft.status.accepted_spec = spec
+        draft.status.world_size = max(1, spec.resources.gpus) * spec.resources.nodes
         if draft.status.attempts is None:
             draft.status.attempts = 0
         draft.condition(C.SPEC_VALID, True, "Valid", "the spec passed schema and semantic checks")

@@ -249,6 +249,7 @@ def test_status_documents_what_kubectl_explain_should_show(root_schema: JSON) ->
         "model",
         "error",
         "attempts",
+        "worldSize",
         "lastFailure",
         "startTime",
         "completionTime",

@@ -767,3 +767,9 @@ def test_the_suggestion_names_more_gpus_and_sharding_when_that_is_the_fix() -> N
     text = describe_change(FIT.job, sharded)
     assert text.startswith("8 GPUs in all (resources.gpus x resources.nodes); training.sharding: fsdp (or auto)")
     assert "lora.quantization" not in text
+
+
+def test_status_shows_the_world_size_from_admission() -> None:
+    plan = decide(snap(spec(resources={"gpus": 8, "nodes": 2})), SETTINGS)
+    assert plan.status.world_size == 16
+    assert decide(snap(spec(resources={"gpus": 0})), SETTINGS).status.world_size == 1
