@@ -685,7 +685,9 @@ def test_kubectl_get_uses_the_crd_printer_columns(
     assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
     assert lines[1].split()[:3] == ["tune-1", "Running", "1.5"]
     wide = kubectl(kube_api, tmp_path, "get", "finetunejobs", "-o", "wide").splitlines()
-    assert wide[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS"]
+    assert wide[0].split() == [
+        "NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS", "GPU-HOURS"
+    ]  # fmt: skip
     assert "2" in wide[1].split()
     assert "tune-1" in kubectl(kube_api, tmp_path, "get", "kubetune")
     assert "No resources found" in kubectl(kube_api, tmp_path, "get", "pods,jobs") + "No resources found"

@@ -115,9 +115,9 @@ def train_family(family: str, root: Path) -> Trained:
     recorded: dict[str, torch.Tensor] = {}
     save_model = LoRAFinetuneRecipe._save_model
 
-    def record_then_save(self: LoRAFinetuneRecipe, out: Path, session: Any) -> None:
+    def record_then_save(self: LoRAFinetuneRecipe, out: Path, session: Any, *rest: Any) -> None:
         recorded["logits"] = logits_of(session.accelerator.unwrap_model(session.model), ids)
-        save_model(self, out, session)
+        save_model(self, out, session, *rest)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(LoRAFinetuneRecipe, "_save_model", record_then_save)

@@ -216,7 +216,12 @@ class CheckpointStore:
             set_peft_model_state_dict(model, load_file(str(local["adapter_model.safetensors"])))
             optimizer.load_state_dict(torch.load(local["optimizer.pt"], weights_only=True))
         else:
-            sharding.load_trainable_state(model, load_file(str(local[TRAINABLE])))
+            try:
+                sharding.load_trainable_state(model, load_file(str(local[TRAINABLE])))
+            except KeyError as exc:  # the resume key matched, so the checkpoint itself is damaged
+                raise InvalidSpec(
+                    f"{source.uri}: {exc.args[0]}; delete the damaged checkpoint (or use a new output.uri)"
+                ) from exc
             sharding.load_optimizer_state(model, optimizer, torch.load(local["optimizer.pt"], weights_only=True))
         scheduler.load_state_dict(torch.load(local["scheduler.pt"], weights_only=True))
         self.restore_rng(step, rank, seed)

@@ -96,4 +96,7 @@ def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
 
 
 def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    """strict=False: an adapter tensor that never got a gradient (a layer the forward pass skips, such
+    as an unused indexer) has no AdamW state to save or restore; its weights are still checked by
+    load_trainable_state."""
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))
