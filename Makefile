@@ -49,7 +49,7 @@ lint: $(VENV)/.dev-installed
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator
-	$(BIN)/mypy bench/train_throughput.py bench/operator_scale.py bench/gpu_report.py bench/qlora_cpu.py
+	$(BIN)/mypy bench/train_throughput.py bench/operator_scale.py bench/gpu_report.py bench/qlora_cpu.py bench/plan_table.py bench/memory_calibration.py
 
 ## imports: import-linter contracts (pyproject.toml [tool.importlinter]): layers, independence, no cycles
 imports: $(VENV)/.dev-installed

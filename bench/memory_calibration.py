@@ -57,7 +57,7 @@ def measure(shape: dict[str, Any], seq: int, batch: int, checkpointing: bool) ->
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, shape["vocab_size"], (batch, seq), generator=generator)
     before = rss_bytes()
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)  # type: ignore[no-untyped-call]
     if checkpointing:  # as the trainer enables it (modeling.load_model): non-reentrant
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = modeling.add_lora(model, LoRASpec(r=16, alpha=32, dropout=0.0))

@@ -37,20 +37,22 @@ SHAPES: dict[str, dict[str, Any]] = {
 ROWS, MEAN_ROW_TOKENS, EPOCHS = 1000, 400.0, 3
 
 
-def stats(seq: int) -> DataStats:
-    tokens = int(ROWS * MEAN_ROW_TOKENS)
+def stats(seq: int, rows: int = ROWS, mean: float = MEAN_ROW_TOKENS) -> DataStats:
+    """What preflight would report for `rows` chat rows of `mean` tokens, packed at `seq`
+    (also the data of tests/unit/test_planner.py)."""
+    tokens = int(rows * mean)
     sequences = -(-tokens // seq)
     return DataStats(
         format="chat",
-        train_rows=ROWS,
-        validation_rows=ROWS // 10,
+        train_rows=rows,
+        validation_rows=rows // 10,
         train_tokens=tokens,
         trainable_tokens=tokens // 2,
         validation_tokens=tokens // 10,
         truncated_rows=0,
         dropped_rows=0,
         max_row_tokens=seq,
-        mean_row_tokens=MEAN_ROW_TOKENS,
+        mean_row_tokens=mean,
         train_sequences=sequences,
         packing_efficiency=tokens / (sequences * seq),
     )

@@ -3,6 +3,8 @@ data's token counts. Shapes are the published configs of Llama-3.2-1B, Llama-3.1
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,34 +15,19 @@ from kubetune_api.spec import LoRASpec, Quantization, Sharding, TrainingSpec
 from kubetune_trainer import planner
 from kubetune_trainer.memory import estimate_memory
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from plan_table import SHAPES, stats  # the shapes and data bench/plan_table.py tabulates
+
 LLAMA: dict[str, dict[str, Any]] = {
-    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "tie_word_embeddings": True},
-    "8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False},
-    "70b": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
-            "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False},
-}  # fmt: skip
+    "1b": SHAPES["Llama-3.2-1B"],
+    "8b": SHAPES["Llama-3.1-8B"],
+    "70b": SHAPES["Llama-3.1-70B"],
+}
 H100 = GPU_TYPES["H100-80GB"]
 
 
 def data(rows: int = 1000, mean: float = 400.0, seq: int = 2048) -> DataStats:
-    tokens = int(rows * mean)
-    sequences = -(-tokens // seq)
-    return DataStats(
-        format="chat",
-        train_rows=rows,
-        validation_rows=rows // 10,
-        train_tokens=tokens,
-        trainable_tokens=tokens // 2,
-        validation_tokens=tokens // 10,
-        truncated_rows=0,
-        dropped_rows=0,
-        max_row_tokens=1500,
-        mean_row_tokens=mean,
-        train_sequences=sequences,
-        packing_efficiency=tokens / (sequences * seq),
-    )
+    return stats(seq, rows, mean)
 
 
 def plan(
