@@ -18,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "api"), str(ROOT / "trainer")]
 
-from kubetune_api.gpus import GIB, GPU_TYPES  # noqa: E402
+from kubetune_api.gpus import GIB, GPU_TYPES, usable_bytes  # noqa: E402
 from kubetune_api.protocol import DataStats, StepPlan  # noqa: E402
 from kubetune_api.spec import LoRASpec, Quantization, TrainingSpec  # noqa: E402
 from kubetune_trainer import planner  # noqa: E402
@@ -60,7 +60,7 @@ def stats(seq: int, rows: int = ROWS, mean: float = MEAN_ROW_TOKENS) -> DataStat
 
 def rows(gpu_name: str, seq: int, batch: int, checkpointing: bool) -> list[str]:
     gpu = GPU_TYPES[gpu_name]
-    usable = gpu.memory_bytes * (1 - planner.HEADROOM)
+    usable = usable_bytes(gpu.memory_bytes)
     training = TrainingSpec(max_seq_length=seq, batch_size=batch, gradient_checkpointing=checkpointing, epochs=EPOCHS)
     data = stats(seq)
     out = []

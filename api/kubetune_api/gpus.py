@@ -13,6 +13,14 @@ import re
 from dataclasses import dataclass
 
 GIB = 2**30
+# A job "fits" a GPU when its memory estimate leaves this share free: the estimate is ±30%, and
+# the CUDA caching allocator fragments. The planner's verdict and sharding: auto both use it.
+FIT_HEADROOM = 0.10
+
+
+def usable_bytes(gpu_memory_bytes: int) -> float:
+    """The memory a job's estimate may take on a GPU of this size."""
+    return gpu_memory_bytes * (1 - FIT_HEADROOM)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kubetune_api.gpus import GIB, GPU_TYPES, gpu_type_from_node_selector, gpu_type_named
+from kubetune_api.gpus import GIB, GPU_TYPES, gpu_type_from_node_selector, gpu_type_named, usable_bytes
 from kubetune_api.protocol import DataStats, FitPlan, StepPlan
 from kubetune_api.spec import LoRASpec, Quantization, Sharding, TrainingSpec
 from kubetune_trainer import planner
@@ -71,7 +71,7 @@ def test_a_70b_lora_does_not_fit_one_h100_and_qlora_is_the_cheapest_change() -> 
     assert fit.fits is False
     assert fit.suggestion is not None
     assert fit.suggestion.method == "qlora-4bit" and fit.suggestion.gpus == 1
-    assert fit.suggestion.memory_bytes <= H100.memory_bytes * (1 - planner.HEADROOM)
+    assert fit.suggestion.memory_bytes <= usable_bytes(H100.memory_bytes)
 
 
 def test_when_a_smaller_micro_batch_is_enough_it_is_preferred_over_qlora() -> None:
@@ -158,4 +158,4 @@ def test_when_nothing_fits_the_gpus_the_job_has_more_of_them_with_fsdp_is_the_su
     fit = plan("70b", gpu="L40S-48GB", quantization=Quantization.FOUR_BIT)
     assert fit.fits is False and fit.suggestion is not None
     assert fit.suggestion.method == "fsdp" and fit.suggestion.gpus in {4, 8}
-    assert fit.suggestion.memory_bytes <= GPU_TYPES["L40S-48GB"].memory_bytes * (1 - planner.HEADROOM)
+    assert fit.suggestion.memory_bytes <= usable_bytes(GPU_TYPES["L40S-48GB"].memory_bytes)

@@ -21,14 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kubetune_api.gpus import GpuType
+from kubetune_api.gpus import GpuType, usable_bytes
 from kubetune_api.protocol import DataStats, FitOption, FitPlan, MemoryEstimate, StepPlan
 from kubetune_api.spec import LoRASpec, Quantization, Sharding, TrainingSpec
 from kubetune_trainer.memory import estimate_memory
 
-# A job "fits" when its estimate leaves this share of the GPU free: the estimate is ±30 %, and the
-# CUDA caching allocator fragments.
-HEADROOM = 0.10
 QLORA_MFU_FACTOR = 0.75  # dequantising NF4/int8 weights on every forward and backward pass
 MULTI_GPU_EFFICIENCY = {"lora": 0.90, "qlora-4bit": 0.90, "qlora-8bit": 0.90, "fsdp": 0.80}
 FSDP_SIZES = (2, 4, 8, 16, 32, 64)
@@ -66,7 +63,7 @@ def plan_fit(
         # The strategy the trainer will pick (sharding.resolve): fsdp when asked, or on auto when a
         # full copy does not fit the GPU.
         full_copy = variant_memory(model_config, training, lora, written)
-        too_big = gpu is not None and full_copy > gpu.memory_bytes * (1 - HEADROOM)
+        too_big = gpu is not None and full_copy > usable_bytes(gpu.memory_bytes)
         if training.sharding is Sharding.FSDP or (training.sharding is Sharding.AUTO and too_big):
             written = replace(written, sharded=True)
     tokens = fed_tokens(training, steps, data)
@@ -93,7 +90,7 @@ def plan_fit(
     )
     fits, suggestion = None, None
     if gpu is not None:
-        usable = gpu.memory_bytes * (1 - HEADROOM)
+        usable = usable_bytes(gpu.memory_bytes)
         fits = job.memory_bytes <= usable
         if not fits:
             fitting = [o for o in map(option, alternatives(written, gpu)) if o.memory_bytes <= usable]

@@ -27,12 +27,11 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
+from kubetune_api.gpus import usable_bytes
 from kubetune_api.spec import LoRASpec, Sharding, TrainingSpec, sharding_problem
 from kubetune_trainer.errors import InvalidSpec
 
 Strategy = Literal["single", "ddp", "fsdp"]
-# A full copy "fits" a GPU when the estimate leaves this share free (as the planner's verdict).
-HEADROOM = 0.10
 
 
 def check(training: TrainingSpec, lora: LoRASpec) -> None:
@@ -50,7 +49,7 @@ def resolve(requested: Sharding, world_size: int, full_copy_bytes: int | None, g
         return "fsdp"
     if requested is Sharding.DDP:
         return "ddp"
-    if full_copy_bytes is not None and gpu_bytes is not None and full_copy_bytes > gpu_bytes * (1 - HEADROOM):
+    if full_copy_bytes is not None and gpu_bytes is not None and full_copy_bytes > usable_bytes(gpu_bytes):
         return "fsdp"
     return "ddp"
 
