@@ -56,17 +56,9 @@ def command(
     return [*launcher, "-m", "kubetune_trainer.cli.kubetune_train", "--config", str(path)], env
 
 
-def run(
-    tmp_path: Path,
-    model: Path,
-    data: Path,
-    name: str,
-    batch_size: int,
-    ranks: int,
-    training: dict[str, Any] | None = None,
-    dropout: float = 0.0,
-) -> list[dict[str, float]]:
-    argv, env = command(tmp_path, model, data, name, batch_size, ranks, training, dropout)
+def run(tmp_path: Path, model: Path, data: Path, name: str, *args: Any, **kwargs: Any) -> list[dict[str, float]]:
+    """command() run to the end; its loss curve. Takes command()'s arguments."""
+    argv, env = command(tmp_path, model, data, name, *args, **kwargs)
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return list(json.loads((tmp_path / name / "metrics.json").read_text())["loss_curve"])
