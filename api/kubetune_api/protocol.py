@@ -349,6 +349,12 @@ class RunStatus(StrEnum):
 OpenRunStatus = Annotated[RunStatus | str, Field(union_mode="left_to_right")]
 
 
+class CheckpointRecord(WireModel):
+    step: int = Field(description="Optimizer step of the checkpoint.")
+    uri: str = Field(description="Where it is stored.")
+    time: float = Field(description="When it was completed (unix seconds).")
+
+
 class RunSummary(WireModel):
     """How a trainer run (or a failed preflight) ended: the termination message, also printed on stdout."""
 
@@ -367,6 +373,11 @@ class RunSummary(WireModel):
     adapter_uri: str | None = Field(default=None, description="The published adapter.")
     manifest_uri: str | None = Field(default=None, description="The provenance manifest.json.")
     model: ModelReport | None = Field(default=None, description="The base model as trained: attention and packing.")
+    # Also here, not only in /progress: a run shorter than the operator's poll interval would
+    # otherwise finish with no checkpoint in status (seen on a loaded CI machine).
+    checkpoints: list[CheckpointRecord] = Field(
+        default_factory=list, description="This run's latest complete checkpoints, oldest first."
+    )
     duration_seconds: float = Field(default=0.0, description="Wall time of the run.")
     already_complete: bool = Field(default=False, description="The output held a finished run; nothing retrained.")
 
@@ -384,6 +395,10 @@ class RunSummary(WireModel):
             excess = size(raw) - limit
             keep = max(0, len(self.message.encode()) - excess - 16)
             raw["message"] = self.message.encode()[:keep].decode(errors="ignore") + "…"
+        while size(raw) > limit and raw.get("checkpoints"):  # the oldest first: status keeps the latest
+            raw["checkpoints"] = raw["checkpoints"][1:]
+            if not raw["checkpoints"]:
+                raw.pop("checkpoints")
         for optional in ("model", "eval", "adapterUri", "manifestUri", "message"):
             if size(raw) <= limit:
                 break
@@ -411,12 +426,6 @@ def parse_termination_message(text: str | None) -> RunSummary | PreflightReport 
 
 
 # -- live progress (GET /progress) ----------------------------------------------------------------
-
-
-class CheckpointRecord(WireModel):
-    step: int = Field(description="Optimizer step of the checkpoint.")
-    uri: str = Field(description="Where it is stored.")
-    time: float = Field(description="When it was completed (unix seconds).")
 
 
 class ProgressReport(WireModel):

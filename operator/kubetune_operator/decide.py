@@ -485,8 +485,9 @@ def _note_packing(draft: _Draft) -> None:
 
 def _succeeded(draft: _Draft, spec: FineTuneJobSpec, outcome: Outcome) -> Decision:
     summary = outcome.report if isinstance(outcome.report, RunSummary) else None
-    apply_summary(draft.status, summary, spec)
-    _note_packing(draft)  # a run too short for any poll to have seen it
+    apply_summary(draft.status, summary, spec, draft.settings.max_checkpoints_in_status)
+    _note_checkpoint(draft)  # a run too short for any poll to have seen it
+    _note_packing(draft)
     draft.status.completion_time = draft.now
     draft.status.error = None
     adapter = (draft.status.artifacts.adapter_uri if draft.status.artifacts else None) or spec.output.uri

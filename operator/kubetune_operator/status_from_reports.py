@@ -2,7 +2,7 @@
 
 PreflightReport (preflight termination message) -> status.preflight
 ProgressReport  (GET /progress, every poll)      -> status.progress, .metrics, .checkpoints
-RunSummary      (trainer termination message)    -> status.artifacts, .metrics, .progress
+RunSummary      (trainer termination message)    -> status.artifacts, .metrics, .progress, .checkpoints
 """
 
 from __future__ import annotations
@@ -211,8 +211,10 @@ def merge_checkpoints(known: list[CheckpointStatus], reported: list[CheckpointRe
     return [by_step[step] for step in sorted(by_step)]
 
 
-def apply_summary(status: FineTuneJobStatus, summary: RunSummary | None, spec: FineTuneJobSpec) -> None:
-    """A successful run's summary: artifacts, final losses, 100 %. None: the pod left no summary."""
+def apply_summary(
+    status: FineTuneJobStatus, summary: RunSummary | None, spec: FineTuneJobSpec, max_checkpoints: int
+) -> None:
+    """A successful run's summary: artifacts, final losses, checkpoints, 100 %. None: the pod left no summary."""
     status.artifacts = ArtifactsStatus(
         output_uri=spec.output.uri,
         adapter_uri=summary.adapter_uri if summary else None,
@@ -233,5 +235,6 @@ def apply_summary(status: FineTuneJobStatus, summary: RunSummary | None, spec: F
         status.trained_tokens = summary.trained_tokens
         if summary.model is not None:
             status.model = model_status(summary.model)
+        status.checkpoints = merge_checkpoints(status.checkpoints, summary.checkpoints)[-max_checkpoints:]
     status.metrics = metrics
     status.progress = progress

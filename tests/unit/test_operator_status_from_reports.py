@@ -138,7 +138,7 @@ def test_apply_summary_records_artifacts_losses_and_100_percent() -> None:
         adapter_uri="s3://artifacts/run/adapter/",
         manifest_uri="s3://artifacts/run/manifest.json",
     )
-    apply_summary(status, summary, SPEC)
+    apply_summary(status, summary, SPEC, max_checkpoints=10)
     assert status.artifacts == ArtifactsStatus(
         output_uri="s3://artifacts/run/",
         adapter_uri="s3://artifacts/run/adapter/",
@@ -153,10 +153,25 @@ def test_apply_summary_records_artifacts_losses_and_100_percent() -> None:
     assert status.trained_tokens == 100_000
 
 
+def test_apply_summary_adds_checkpoints_that_no_poll_saw() -> None:
+    """A run shorter than the poll interval: its checkpoints arrive only in the termination message."""
+
+    def record(step: int) -> CheckpointRecord:
+        return CheckpointRecord(step=step, uri=f"s3://artifacts/run/checkpoints/step-{step:08d}/", time=1.7e9)
+
+    status = running_status()
+    status.checkpoints = merge_checkpoints([], [record(90)])  # the one a poll saw
+    summary = RunSummary(status=RunStatus.SUCCEEDED, step=100, total_steps=100, checkpoints=[record(98), record(100)])
+    apply_summary(status, summary, SPEC, max_checkpoints=10)
+    assert [c.step for c in status.checkpoints] == [90, 98, 100]
+    apply_summary(status, summary, SPEC, max_checkpoints=1)
+    assert [c.step for c in status.checkpoints] == [100]
+
+
 def test_apply_summary_without_a_summary_still_completes_the_status() -> None:
     """A pod that left no summary (an older image, or a truncated message): the output URI is known."""
     status = running_status()
-    apply_summary(status, None, SPEC)
+    apply_summary(status, None, SPEC, max_checkpoints=10)
     assert status.artifacts == ArtifactsStatus(output_uri="s3://artifacts/run/")
     assert status.metrics == running_status().metrics  # nothing new to report
     assert status.progress == ProgressStatus(
@@ -167,7 +182,7 @@ def test_apply_summary_without_a_summary_still_completes_the_status() -> None:
 
 def test_apply_summary_on_an_empty_status() -> None:
     status = FineTuneJobStatus()
-    apply_summary(status, None, SPEC)
+    apply_summary(status, None, SPEC, max_checkpoints=10)
     assert status.progress == ProgressStatus(percent="100%", eta_seconds=0, eta="0s")
     assert status.metrics == MetricsStatus()
     assert status.to_wire() == {

@@ -267,3 +267,20 @@ def test_unknown_exit_codes_and_reasons() -> None:
     assert failure_for_exit_code(1) is None and failure_for_exit_code(139) is None
     assert failure("NoSuchReason") is None
     assert failure("GPUOOM") is FAILURES[FailureReason.GPU_OOM]
+
+
+def test_a_summary_with_many_checkpoints_drops_the_oldest_before_anything_else() -> None:
+    """Checkpoints ride in the termination message for runs too short to be polled; under the 4 KiB
+    limit the latest one is the last thing to go, and the eval and URIs stay."""
+    records = [
+        CheckpointRecord(step=step, uri=f"s3://bucket/out/{'deep/' * 20}checkpoints/step-{step:08d}/", time=1.7e9)
+        for step in range(10, 310, 10)
+    ]
+    summary = SUMMARY.model_copy(update={"checkpoints": records})
+    text = summary.to_termination_message()
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT_BYTES
+    parsed = parse_termination_message(text)
+    assert isinstance(parsed, RunSummary)
+    kept = [c.step for c in parsed.checkpoints]
+    assert kept and kept == [c.step for c in records][-len(kept) :] and len(kept) < len(records)
+    assert parsed.eval == SUMMARY.eval and parsed.adapter_uri == SUMMARY.adapter_uri

@@ -334,6 +334,7 @@ class LoRAFinetuneRecipe:
             train_loss=state.loss_history[-1]["loss"] if state.loss_history else None,
             eval=evaluations,
             model=session.model_report,
+            checkpoints=self.reporter.report.checkpoints,
         )
         # A collective under FSDP: every rank gathers the adapter, rank 0 writes it.
         adapter = sharding.trainable_state(accelerator.unwrap_model(session.model))
