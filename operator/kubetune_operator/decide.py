@@ -19,7 +19,7 @@ Lifecycle:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubetune_api.protocol import FailureReason, PreflightReport, ProgressReport, RunSummary
@@ -330,11 +330,35 @@ def _deadline_remaining(draft: _Draft, spec: FineTuneJobSpec) -> int | None:
     return int(started.timestamp() + deadline - draft.now.timestamp())
 
 
-def _start_attempt(draft: _Draft, spec: FineTuneJobSpec, attempt: int) -> None:
+def _start_attempt(draft: _Draft, spec: FineTuneJobSpec, attempt: int) -> bool:
+    """Create the attempt's objects, once no pod of an earlier attempt still runs.
+
+    A rank that outlives a failed attempt (stopping, or hung on a dead peer until its grace
+    period ends) still holds its GPUs and its rendezvous port; the new attempt's pods would
+    wait for those GPUs or meet the old rank. So a retry starts when the old pods are gone, as
+    the Job controller's podReplacementPolicy: Failed does for a Job's own pods."""
+    draft.status.attempts = attempt
+    earlier = [p for p in draft.snapshot.pods if p.attempt is not None and p.attempt < attempt]
+    lingering = [p.name for p in earlier if _alive(draft, p)]
+    if lingering:
+        draft.phase(Phase.INITIALIZING, f"retrying: attempt {attempt} waits for {', '.join(sorted(lingering))} to stop")
+        return False
     draft.decision.create_attempt = attempt
     remaining = _deadline_remaining(draft, spec)
     draft.decision.attempt_deadline_seconds = None if remaining is None else max(1, remaining)
-    draft.status.attempts = attempt
+    return True
+
+
+# A pod still there this long after its grace period is on a lost node: what it held is gone with
+# the node, and waiting for the node to come back could take forever.
+LOST_NODE_SLACK = timedelta(seconds=60)
+
+
+def _alive(draft: _Draft, pod: PodView) -> bool:
+    """A trainer pod that still runs, or is stopping within its grace period."""
+    if pod.component != "trainer" or pod.finished:
+        return False
+    return pod.deletion_deadline is None or draft.now < pod.deletion_deadline + LOST_NODE_SLACK
 
 
 def _train(draft: _Draft, spec: FineTuneJobSpec) -> Decision:
@@ -528,8 +552,8 @@ def _failed_attempt(
         )
         draft.condition(C.RUNNING, False, outcome.reason, message)
         draft.event("Warning", "Retrying", message)
-        _start_attempt(draft, spec, attempt + 1)
-        draft.phase(Phase.INITIALIZING, f"retrying: {resume}")
+        if _start_attempt(draft, spec, attempt + 1):
+            draft.phase(Phase.INITIALIZING, f"retrying: {resume}")
         return draft.decision
     if outcome.retryable:
         return draft.fail(

@@ -35,7 +35,6 @@ CONFIG_DIR = "/etc/kubetune"
 CONFIG_FILE = "trainer.json"
 TERMINATION_LOG = "/dev/termination-log"
 RUN_AS = 65532
-RENDEZVOUS_PORT = 29500
 PVC_SCHEME = "pvc://"
 PVC_ROOT = "/mnt/pvc"
 CACHE_DIR = "/cache"
@@ -237,19 +236,21 @@ def _pod(container: JSON, volumes: list[JSON], service_account: str | None = Non
     return pod
 
 
-def trainer_command(gpus: int, nodes: int, service: str | None) -> list[str]:
-    """Single process for one GPU (or CPU); `accelerate launch` for several GPUs or nodes."""
+def trainer_command(gpus: int, nodes: int, rendezvous_port: int) -> list[str]:
+    """Single process for one GPU (or CPU); `accelerate launch` (torchrun) for several GPUs or nodes.
+
+    On CPU nodes (gpus: 0) each node runs one process and the ranks talk gloo: `--multi_gpu` is
+    accelerate's name for "launch under torchrun", and the trainer picks gloo when it sees no GPU."""
     config = f"{CONFIG_DIR}/{CONFIG_FILE}"
     if gpus <= 1 and nodes == 1:
         return ["kubetune-train", "--config", config]
     launch = ["accelerate", "launch", "--multi_gpu", f"--num_processes={max(1, gpus) * nodes}"]
     if nodes > 1:
-        assert service is not None
         launch += [
             f"--num_machines={nodes}",
             "--machine_rank=$(JOB_COMPLETION_INDEX)",
             "--main_process_ip=$(KUBETUNE_RENDEZVOUS_HOST)",
-            f"--main_process_port={RENDEZVOUS_PORT}",
+            f"--main_process_port={rendezvous_port}",
         ]
     return [*launch, "-m", TRAINER_MODULE, "--config", config]
 
@@ -328,7 +329,7 @@ def trainer_job(
         "imagePullPolicy": settings.image_pull_policy,
         # `args`, not `command`: the image's ENTRYPOINT (tini) stays PID 1, forwards SIGTERM
         # and reaps what `accelerate launch` spawns.
-        "args": trainer_command(gpus, nodes, service),
+        "args": trainer_command(gpus, nodes, settings.rendezvous_port),
         "env": env,
         "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],
         "resources": _resources(spec),
@@ -358,7 +359,7 @@ def trainer_job(
     )
 
 
-def headless_service(owner: Owner, attempt: int) -> JSON:
+def headless_service(owner: Owner, attempt: int, rendezvous_port: int) -> JSON:
     """Stable DNS names (<job>-<index>.<service>) for multi-node rendezvous."""
     name = trainer_job_name(owner.name, attempt)
     return {
@@ -369,7 +370,7 @@ def headless_service(owner: Owner, attempt: int) -> JSON:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": labels(owner, "trainer", attempt),
-            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+            "ports": [{"name": "rendezvous", "port": rendezvous_port}],
         },
     }
 
@@ -436,6 +437,6 @@ def attempt_objects(
     """ConfigMap, headless Service (multi-node) and Job of one attempt, in creation order."""
     objects = [config_map(owner, trainer_config(owner, spec, settings, attempt), attempt)]
     if spec.resources.nodes > 1:
-        objects.append(headless_service(owner, attempt))
+        objects.append(headless_service(owner, attempt, settings.rendezvous_port))
     objects.append(trainer_job(owner, spec, settings, attempt, deadline_seconds))
     return objects

@@ -25,6 +25,9 @@ class OperatorSettings(BaseSettings):
     )
     image_pull_policy: str = Field(default="IfNotPresent")
     metrics_port: int = Field(default=9090, ge=1, le=65535, description="Trainer /metrics and /progress port.")
+    rendezvous_port: int = Field(
+        default=29500, ge=1, le=65535, description="Multi-node trainers' rendezvous port on rank 0 (torchrun's)."
+    )
     trainer_metrics_linger_seconds: float = Field(
         default=30.0, ge=0, le=600, description="Trainers keep serving /metrics this long after the run."
     )

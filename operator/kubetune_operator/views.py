@@ -81,6 +81,8 @@ class PodView:
     finished_at: datetime | None
     observation: PodObservation
     deleting: bool
+    # metadata.deletionTimestamp: when the kubelet's grace period ends and the pod should be gone.
+    deletion_deadline: datetime | None = None
 
     @property
     def running(self) -> bool:
@@ -120,6 +122,7 @@ def pod_view(pod: JSON) -> PodView:
         finished_at=parse_rfc3339(terminated.get("finishedAt")),
         observation=observe_pod(pod),
         deleting=bool(meta.get("deletionTimestamp")),
+        deletion_deadline=parse_rfc3339(meta.get("deletionTimestamp")),
     )
 
 

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import boto3
 from kubernetes import client
 
-from conftest import FAKE_CREDENTIALS
+from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
 from harness.finetunejob import GROUP, NAMESPACE, PLURAL, VERSION, finetunejob
 from harness.operator_process import OperatorProcess, free_port, wait_for
 from kubetune_api.status import Condition, FineTuneJobStatus
@@ -23,15 +24,33 @@ T = TypeVar("T")
 
 
 def operator_process(kubeconfig: Path, log_path: Path, *args: str) -> OperatorProcess:
-    """The operator as the e2e tests run it: quick progress polls, a free trainer metrics port."""
+    """The operator as the e2e tests run it: quick progress polls, free trainer metrics and rendezvous ports."""
     return OperatorProcess(
         kubeconfig,
         log_path,
         *args,
         KUBETUNE_POLL_INTERVAL_SECONDS="0.5",
         KUBETUNE_METRICS_PORT=str(free_port()),
+        # Pods share the host's network here: a free port, so a multi-node job never meets another's store.
+        KUBETUNE_RENDEZVOUS_PORT=str(free_port()),
         KUBETUNE_TRAINER_METRICS_LINGER_SECONDS="0.5",
     )
+
+
+def s3_client(endpoint: str) -> Any:
+    """boto3 with the test credentials, as the test itself reads and writes the bucket."""
+    creds = {k.lower(): v for k, v in FAKE_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"}
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **creds)
+
+
+def stage_tiny_job(endpoint: str, model_dir: Path, bucket: str) -> Any:
+    """A bucket with the tiny model (models/tiny/) and the quickstart data (data/numbers.jsonl),
+    which finetunejob() points at. Returns the client."""
+    s3 = s3_client(endpoint)
+    s3.create_bucket(Bucket=bucket)
+    upload_dir(s3, model_dir, bucket, "models/tiny")
+    s3.upload_file(str(ROOT / "examples/quickstart/numbers.jsonl"), bucket, "data/numbers.jsonl")
+    return s3
 
 
 def s3_secret(name: str = "s3-creds") -> dict[str, Any]:

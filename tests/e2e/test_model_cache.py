@@ -16,11 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from operator_env import SIGKILL, Kube, OperatorProcess, finetunejob, wait_for
+from operator_env import SIGKILL, Kube, OperatorProcess, finetunejob, stage_tiny_job, wait_for
 
-from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
 from harness import Cluster
 from harness.s3_proxy import CountingS3Proxy
 from kubetune_api.status import FineTuneJobStatus
@@ -34,16 +32,8 @@ CLAIM = "model-cache"
 
 @pytest.fixture
 def staged(s3_endpoint: str, tiny_model_dir: Path) -> dict[str, str]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        **{k.lower(): v for k, v in FAKE_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
-        region_name="us-east-1",
-    )
     bucket = f"kt-cache-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    upload_dir(s3, tiny_model_dir, bucket, "models/tiny")
-    s3.upload_file(str(ROOT / "examples/quickstart/numbers.jsonl"), bucket, "data/numbers.jsonl")
+    stage_tiny_job(s3_endpoint, tiny_model_dir, bucket)
     return {"bucket": bucket}
 
 

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from kubernetes.client.exceptions import ApiException
 from operator_env import (
@@ -24,10 +23,11 @@ from operator_env import (
     finetunejob,
     operator_process,
     phase_recorder,
+    s3_client,
+    stage_tiny_job,
     wait_for,
 )
 
-from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
 from harness import Cluster
 from kubetune_api.status import ConditionType, FineTuneJobStatus
 
@@ -40,24 +40,15 @@ TRAIN_TIMEOUT = 240
 @pytest.fixture(scope="module")
 def staged(s3_endpoint: str, tiny_model_dir: Path) -> dict[str, str]:
     """The tiny model and the quickstart data in a bucket, once for the module."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        **{k.lower(): v for k, v in FAKE_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
-        region_name="us-east-1",
-    )
     bucket = "kubetune-e2e"
-    s3.create_bucket(Bucket=bucket)
-    upload_dir(s3, tiny_model_dir, bucket, "models/tiny")
-    s3.upload_file(str(ROOT / "examples/quickstart/numbers.jsonl"), bucket, "data/numbers.jsonl")
+    s3 = stage_tiny_job(s3_endpoint, tiny_model_dir, bucket)
     s3.put_object(Bucket=bucket, Key="data/broken.jsonl", Body=b'{"prompt": "a", "completion": "b"}\n{not json\n')
     return {"bucket": bucket, "endpoint": s3_endpoint}
 
 
 @pytest.fixture
 def s3(staged: dict[str, str]) -> Any:
-    creds = {k.lower(): v for k, v in FAKE_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"}
-    return boto3.client("s3", endpoint_url=staged["endpoint"], region_name="us-east-1", **creds)
+    return s3_client(staged["endpoint"])
 
 
 def objects_under(s3: Any, bucket: str, prefix: str) -> set[str]:

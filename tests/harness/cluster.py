@@ -39,6 +39,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from .apiserver import RunningApiServer
+from .dns import ClusterDNS, NoClusterDNS
 from .selectors import labels_match, parse_label_selector
 from .store import now_rfc3339, random_suffix
 
@@ -50,6 +51,23 @@ NODE_NAME = "kubetune-test-node"
 TERMINATION_MESSAGE_LIMIT = 4096
 LOG_TAIL_LIMIT = 2048
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc (children first found, then theirs)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    queue = [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 class PodNotReady(Exception):
@@ -306,6 +324,7 @@ class Cluster:
         self._finished: dict[str, _Process] = {}  # pod uid → process that exited (kept for logs)
         self._pod_dirs: dict[tuple[str, str], Path] = {}
         self._free_ips = [f"127.0.0.{n}" for n in range(2, 255)]
+        self.dns = ClusterDNS(self.work_root / "cluster-dns")
         self._job_counts: dict[str, _JobTrack] = {}  # job uid → finished pods
         self._sent_status: dict[str, Any] = {}  # pod uid → last status we patched (avoid no-op writes)
         self._lock = threading.RLock()
@@ -686,6 +705,22 @@ class Cluster:
                 pod = self._pods_get(uid) or pod
             self._start(pod)
 
+    def _dns_name(self, pod: Mapping[str, Any]) -> tuple[str, str, str] | None:
+        """(hostname, subdomain, namespace) when cluster DNS would resolve this pod: its subdomain
+        names a headless Service in its namespace that selects it (as CoreDNS requires)."""
+        spec, meta = pod.get("spec") or {}, pod["metadata"]
+        hostname, subdomain = spec.get("hostname"), spec.get("subdomain")
+        if not hostname or not subdomain:
+            return None
+        service = self._get(f"/api/v1/namespaces/{meta['namespace']}/services/{subdomain}")
+        if service is None or (service.get("spec") or {}).get("clusterIP") != "None":
+            return None
+        selector = (service.get("spec") or {}).get("selector") or {}
+        labels = meta.get("labels") or {}
+        if not selector or any(labels.get(key) != value for key, value in selector.items()):
+            return None
+        return str(hostname), str(subdomain), str(meta["namespace"])
+
     def _pods_get(self, uid: str) -> dict[str, Any] | None:
         return next((p for p in self._pods.snapshot() if p["metadata"]["uid"] == uid), None)
 
@@ -729,6 +764,13 @@ class Cluster:
             pod_dir = self.work_root / f"{ns}_{name}"
             argv, env, cwd, term_path = self._prepare(pod, container, pod_dir, ip)
             executable = shutil.which(argv[0], path=env["PATH"]) if argv else None
+            dns_name = self._dns_name(pod)
+            command = [executable, *argv[1:]] if executable else []
+            if dns_name is not None and command:
+                try:
+                    command = self.dns.command(command)
+                except NoClusterDNS as e:
+                    raise PodNotReady("RunContainerError", f"the test kubelet cannot give this pod DNS: {e}") from e
         except PodNotReady as e:
             waiting = {"waiting": {"reason": e.reason, "message": e.message}}
             self._patch_pod_status(
@@ -752,9 +794,11 @@ class Cluster:
             terminated |= {"startedAt": started_at, "finishedAt": started_at}
             self._patch_pod_status(pod, self._final_status(pod, container, "Failed", terminated, ""))
             return
+        if dns_name is not None:
+            self.dns.publish(ip, *dns_name)
         with log_path.open("ab") as log_file:
             popen = subprocess.Popen(
-                [executable, *argv[1:]],
+                command,
                 env=env,
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
@@ -869,8 +913,15 @@ class Cluster:
             self._free_ips.append(proc.ip)
 
     def _signal(self, proc: _Process, sig: int) -> None:
+        """SIGTERM goes to the process group, as the runtime's goes to PID 1, which forwards it.
+        SIGKILL kills every process of the pod, as the end of a container's PID namespace does:
+        also those in sessions of their own (torchrun starts its workers so)."""
+        victims = _descendants(proc.popen.pid) if sig == signal.SIGKILL else []
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.popen.pid, sig)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def _terminate_deleted(self, pod: dict[str, Any], proc: _Process | None) -> None:
         """Graceful deletion: SIGTERM, SIGKILL after the grace period, then remove the pod (grace 0)."""

@@ -21,6 +21,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from harness import Cluster, RunningApiServer
+from harness.cluster import INDEX_KEY
 
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 PY = sys.executable
@@ -915,6 +916,50 @@ def test_indexed_job(client: kubernetes.client.ApiClient, kube_cluster: Cluster)
         assert p["metadata"]["name"].startswith(f"idx-{index}-")
         assert kube_cluster.log(p["metadata"]["name"]) == f"{index}\n"
     assert kube_cluster.jobs()[0]["status"]["completedIndexes"] == "0-2"
+
+
+def test_indexed_pods_find_each_other_through_their_headless_service(
+    client: kubernetes.client.ApiClient, kube_cluster: Cluster
+) -> None:
+    """As with CoreDNS: <hostname>.<subdomain> resolves to a pod's own IP once its headless Service
+    selects it; each pod has its own 127.0.0.N; a pod without such a Service is not resolvable."""
+    script = (
+        "import os, socket, time\n"
+        "me = os.environ['JOB_COMPLETION_INDEX']\n"
+        "for peer in ('0', '1'):\n"
+        "    for _ in range(200):\n"
+        "        try:\n"
+        "            print(peer, socket.gethostbyname(f'ring-{peer}.ring'), flush=True); break\n"
+        "        except OSError:\n"
+        "            time.sleep(0.05)\n"
+        "    else:\n"
+        "        print(peer, 'unresolved', flush=True)\n"
+        "print('fqdn', socket.gethostbyname(f'ring-{me}.ring.default.svc.cluster.local'))\n"
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "ring"},
+        "spec": {"clusterIP": "None", "selector": {"app": "ring"}, "ports": [{"port": 29500}]},
+    }
+    core(client).create_namespaced_service("default", service)
+    indexed = {"completionMode": "Indexed", "completions": 2, "parallelism": 2, "pod": {"subdomain": "ring"}}
+    batch(client).create_namespaced_job("default", job("ring", [PY, "-c", script], **indexed))
+    wait(lambda: job_condition(kube_cluster, "ring", "Complete"), timeout=30)
+    pods = kube_cluster.pods("job-name=ring")
+    ip = {p["metadata"]["annotations"][INDEX_KEY]: p["status"]["podIP"] for p in pods}
+    assert len(set(ip.values())) == 2 and all(v.startswith("127.0.0.") and v != "127.0.0.1" for v in ip.values())
+    for p in pods:
+        me = p["metadata"]["annotations"][INDEX_KEY]
+        lines = kube_cluster.log(p["metadata"]["name"]).splitlines()
+        assert lines == [f"0 {ip['0']}", f"1 {ip['1']}", f"fqdn {ip[me]}"], lines
+
+    # No Service named by the subdomain: nothing resolves, as on a real cluster.
+    lonely = "import socket\ntry:\n    print(socket.gethostbyname('solo-0.nobody'))\nexcept OSError:\n    print('no')"
+    solo = {"completionMode": "Indexed", "completions": 1, "parallelism": 1, "pod": {"subdomain": "nobody"}}
+    batch(client).create_namespaced_job("default", job("solo", [PY, "-c", lonely], **solo))
+    wait(lambda: job_condition(kube_cluster, "solo", "Complete"), timeout=30)
+    assert kube_cluster.log(kube_cluster.pods("job-name=solo")[0]["metadata"]["name"]) == "no\n"
 
 
 def test_gpu_pods_stay_unschedulable(client: kubernetes.client.ApiClient, kube_cluster: Cluster) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -180,7 +181,6 @@ def test_invalid_spec_fails_with_every_field_named_and_creates_nothing() -> None
     [
         ({"dataset": {"train": "data/train.jsonl"}}, "spec.dataset.train"),
         ({"baseModel": {"uri": "file:///models/llama"}}, "spec.baseModel.uri"),
-        ({"resources": {"gpus": 0, "nodes": 2}}, "spec.resources.nodes"),
         ({"resources": {"gpus": 0}, "training": {"precision": "fp16"}}, "spec.training.precision"),
         ({"unknownField": 1}, "spec.unknownField"),
         (
@@ -197,6 +197,14 @@ def test_cluster_rules_reject_what_cannot_run_in_a_pod(overrides: JSON, field: s
     plan = decide(snap(spec(**overrides)), SETTINGS)
     assert plan.status.phase == Phase.FAILED and plan.status.error is not None
     assert field in plan.status.error.message
+
+
+def test_cpu_nodes_are_accepted_and_the_world_is_one_rank_per_node() -> None:
+    """gpus: 0 with nodes: 2 trains with gloo, one process per pod (the CI's multi-node e2e)."""
+    raw = spec(resources={"gpus": 0, "nodes": 2})
+    plan = decide(snap(raw), SETTINGS)
+    assert plan.status.error is None and plan.status.accepted_spec is not None
+    assert plan.create_preflight
 
 
 def test_valid_spec_is_accepted_then_preflight_starts_without_a_gpu_job() -> None:
@@ -620,11 +628,34 @@ def test_user_errors_and_oom_are_never_retried(pod: PodView, reason: str) -> Non
     assert conditions(plan)["Failed"].reason == reason
 
 
-def test_a_failed_rank_stops_the_other_ranks_before_the_retry() -> None:
+def test_a_failed_rank_stops_the_other_ranks_and_the_retry_starts_once_they_are_gone() -> None:
+    """The surviving rank still holds its GPUs and the rendezvous port while it stops: attempt 2
+    is created once it is gone (finished, or removed), never beside it."""
     raw = spec(resources={"gpus": 8, "nodes": 2})
-    ranks = (kpod(index=0), kpod(index=1, phase="Failed", exit_code=137))
+    dead = kpod(index=1, phase="Failed", exit_code=137)
+    ranks = (kpod(index=0), dead)
     plan = decide(snap(raw, accepted(raw, attempts=1), jobs=(kjob(active=1),), pods=ranks), SETTINGS)
-    assert plan.delete_jobs == ["ft-train-1"] and plan.create_attempt == 2
+    assert plan.delete_jobs == ["ft-train-1"] and plan.create_attempt is None
+    assert plan.status.attempts == 2 and plan.status.phase == Phase.INITIALIZING
+    assert plan.status.message == "retrying: attempt 2 waits for ft-train-1-0-abcde to stop"
+    assert [e.reason for e in plan.events].count("Retrying") == 1
+
+    # The next reconcile: the Job is being deleted and rank 0 is stopping within its grace period.
+    stopping = dataclasses.replace(kpod(index=0), deleting=True, deletion_deadline=NOW + timedelta(seconds=30))
+    waiting = decide(snap(raw, plan.status, jobs=(), pods=(stopping, dead)), SETTINGS)
+    assert waiting.create_attempt is None and "Retrying" not in [e.reason for e in waiting.events]
+    assert waiting.status.message == "retrying: attempt 2 waits for ft-train-1-0-abcde to stop"
+
+    gone = decide(snap(raw, plan.status, jobs=(), pods=(dead,)), SETTINGS)
+    assert gone.create_attempt == 2 and gone.status.attempts == 2
+
+
+def test_a_rank_stuck_terminating_on_a_lost_node_does_not_block_the_retry_forever() -> None:
+    raw = spec(resources={"gpus": 8, "nodes": 2})
+    status = accepted(raw, attempts=2)
+    stuck = dataclasses.replace(kpod(index=0), deleting=True, deletion_deadline=NOW - timedelta(minutes=5))
+    plan = decide(snap(raw, status, jobs=(), pods=(stuck,)), SETTINGS)
+    assert plan.create_attempt == 2
 
 
 def test_image_pull_failure_deletes_the_stuck_job() -> None:

@@ -146,9 +146,24 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
     assert "--machine_rank=$(JOB_COMPLETION_INDEX)" in command
     env = {e["name"]: e.get("value") for e in container(manifest)["env"]}
     assert env["KUBETUNE_RENDEZVOUS_HOST"] == "support-bot-train-1-0.support-bot-train-1"
-    service = headless_service(OWNER, 1)
+    service = headless_service(OWNER, 1, SETTINGS.rendezvous_port)
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == spec["template"]["metadata"]["labels"]
+    assert f"--main_process_port={SETTINGS.rendezvous_port}" in command
+    assert service["spec"]["ports"] == [{"name": "rendezvous", "port": SETTINGS.rendezvous_port}]
+
+
+def test_cpu_nodes_run_one_process_each_under_torchrun() -> None:
+    """gpus: 0 on several nodes: one gloo rank per pod, rendezvous on the operator's port."""
+    ftj = job(resources={"gpus": 0, "nodes": 2})
+    settings = SETTINGS.model_copy(update={"rendezvous_port": 31234})
+    objects = attempt_objects(OWNER, ftj.spec, settings, 1, None)
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Service", "Job"]
+    command = container(objects[2])["args"]
+    assert "--num_processes=2" in command and "--num_machines=2" in command
+    assert "--main_process_port=31234" in command
+    assert objects[1]["spec"]["ports"] == [{"name": "rendezvous", "port": 31234}]
+    assert "nvidia.com/gpu" not in json.dumps(container(objects[2])["resources"])
 
 
 @pytest.mark.parametrize(
@@ -173,10 +188,10 @@ def test_preflight_requests_no_gpu_and_validates_only() -> None:
 
 
 def test_trainer_command_shapes() -> None:
-    assert trainer_command(0, 1, None)[0] == "kubetune-train"
-    assert trainer_command(1, 1, None)[0] == "kubetune-train"
-    assert "--num_processes=2" in trainer_command(2, 1, None)
-    launched = trainer_command(2, 1, None)
+    assert trainer_command(0, 1, 29500)[0] == "kubetune-train"
+    assert trainer_command(1, 1, 29500)[0] == "kubetune-train"
+    assert "--num_processes=2" in trainer_command(2, 1, 29500)
+    launched = trainer_command(2, 1, 29500)
     assert launched[launched.index("-m") + 1] == TRAINER_MODULE == "kubetune_trainer.cli.kubetune_train"
     assert importlib.util.find_spec(TRAINER_MODULE) is not None  # `accelerate launch -m` can find it
 
