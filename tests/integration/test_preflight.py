@@ -3,6 +3,7 @@ config files (never the weights), validates every row, and reports through the t
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,12 @@ from kubetune_trainer.cli import kubetune_train
 
 
 def run_preflight(
-    tmp_path: Path, model_dir: Path, train: Path, *extra: str, model_uri: str | None = None, endpoint: str | None = None
+    tmp_path: Path,
+    model_dir: Path,
+    train: Path | str,
+    *extra: str,
+    model_uri: str | None = None,
+    endpoint: str | None = None,
 ) -> tuple[int, Path]:
     config = trainer_config(
         model_uri or str(model_dir),
@@ -80,6 +86,35 @@ def test_preflight_fails_a_bad_dataset_with_a_user_error(tmp_path: Path, tiny_mo
     assert summary.status == RunStatus.FAILED and summary.reason == FailureReason.DATASET_INVALID
     assert summary.user_error is True
     assert summary.message is not None and "train.jsonl line 2: invalid JSON" in summary.message
+
+
+def test_preflight_reads_a_gzipped_export_from_s3_and_names_its_bad_line(
+    tmp_path: Path, tiny_model_dir: Path, numbers_path: Path, s3_endpoint: str, s3_client: Any, bucket: str
+) -> None:
+    """The quickstart data as a Windows export script writes it (BOM, CRLF, a blank line, extra
+    keys), gzip-compressed, staged from S3: every row counts; a bad row is named by its line."""
+    rows = [json.loads(line) for line in numbers_path.read_text().splitlines()]
+    lines = [json.dumps({**row, "exported_by": "sheet"}, ensure_ascii=False) for row in rows]
+    exported = "\r\n".join([lines[0], "", *lines[1:]]) + "\r\n"
+    s3_client.put_object(
+        Bucket=bucket, Key="data/train.jsonl.gz", Body=gzip.compress(b"\xef\xbb\xbf" + exported.encode())
+    )
+    code, term = run_preflight(tmp_path, tiny_model_dir, f"s3://{bucket}/data/train.jsonl.gz", endpoint=s3_endpoint)
+    assert code == 0, term.read_text()
+    report = PreflightReport.model_validate_json(term.read_text())
+    assert report.data.train_rows + report.data.validation_rows == len(rows)
+
+    broken = "\r\n".join([lines[0], "", lines[1], '{"prompt": "7 + 1 =", "completion": 8}']) + "\r\n"
+    s3_client.put_object(Bucket=bucket, Key="data/bad.jsonl.gz", Body=gzip.compress(broken.encode()))
+    (tmp_path / "bad").mkdir()
+    code, term = run_preflight(
+        tmp_path / "bad", tiny_model_dir, f"s3://{bucket}/data/bad.jsonl.gz", endpoint=s3_endpoint
+    )
+    assert code == 12
+    summary = RunSummary.model_validate_json(term.read_text())
+    assert summary.message is not None and "bad.jsonl.gz line 4: field 'completion' must be a string" in (
+        summary.message
+    ), summary.message
 
 
 def _copy_model(tiny_model_dir: Path, dest: Path) -> Path:

@@ -5,6 +5,7 @@ Pure text in, rows or a DatasetInvalid out: no tokenizer, no torch.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -349,8 +350,90 @@ def test_non_utf8(tmp_path: Path) -> None:
     with pytest.raises(DatasetInvalid) as info:
         read_rows(path, DatasetFormat.AUTO)
     message = str(info.value)
-    assert message.startswith("train.jsonl: not UTF-8 text")
+    assert message.startswith("train.jsonl line 2: not UTF-8 text")
     assert "at byte 28" in message
+
+
+# -- files as real tools export them ----------------------------------------------------------------
+
+EXPORTED = [
+    {"instruction": "Add 2 and 3.", "input": "", "output": "5", "id": 17, "source": "sheet"},
+    {"instruction": "Übersetze «chat».", "input": "", "output": "Katze 🐱", "tags": ["de"]},
+]
+
+
+def _exported(rows: list[dict[str, Any]], bom: bool = True, crlf: bool = True, blank: bool = True) -> bytes:
+    """What a spreadsheet or a Windows export script writes: BOM, CRLF, blank lines, extra keys."""
+    newline = "\r\n" if crlf else "\n"
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    if blank:
+        lines.insert(1, "   \t")
+        lines.append("")
+    text = newline.join(lines) + newline
+    return (b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8")
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_line_1(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(_exported(EXPORTED, crlf=False, blank=False))
+    rows, fmt = read_rows(path, DatasetFormat.AUTO)
+    assert fmt is DatasetFormat.INSTRUCTION and len(rows) == 2
+
+
+def test_crlf_with_blank_and_whitespace_lines_keeps_file_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(_exported(EXPORTED, bom=False))
+    rows, _ = read_rows(path, DatasetFormat.AUTO)
+    assert [r.source for r in rows] == ["train.jsonl:1", "train.jsonl:3"]  # line 2 is whitespace
+
+
+def test_extra_keys_per_row_are_ignored_and_non_ascii_kept(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(_exported(EXPORTED))
+    rows, _ = read_rows(path, DatasetFormat.AUTO)
+    assert rows[1].completion == "Katze 🐱" and "Übersetze «chat»." in rows[1].prompt
+
+
+def test_an_instruction_row_with_an_empty_input_uses_the_template_without_input(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(_exported(EXPORTED))
+    rows, _ = read_rows(path, DatasetFormat.AUTO)
+    assert rows[0].prompt == INSTRUCTION_TEMPLATE.format(instruction="Add 2 and 3.")
+    assert "### Input:" not in rows[0].prompt
+
+
+def test_null_valued_keys_that_exports_add_to_messages_are_ignored(tmp_path: Path) -> None:
+    exported = {**ASSISTANT, "refusal": None, "tool_calls": None, "function_call": None, "name": None}
+    rows, _ = _read(tmp_path, [_chat(USER, exported)])
+    assert rows[0].messages[-1].content == ASSISTANT["content"]
+
+
+def test_gzip_compressed_jsonl_reads_and_errors_count_lines_of_the_original(tmp_path: Path) -> None:
+    """Recognised by its magic bytes, whatever the name; a bad row is named by its line in the
+    uncompressed file (BOM, CRLF and blank lines included)."""
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(gzip.compress(_exported(EXPORTED)))
+    rows, _ = read_rows(path, DatasetFormat.AUTO)
+    assert [r.source for r in rows] == ["train.jsonl.gz:1", "train.jsonl.gz:3"]
+    broken = [*EXPORTED, {"instruction": "x", "input": "", "output": " "}]
+    path.write_bytes(gzip.compress(_exported(broken)))
+    with pytest.raises(DatasetInvalid, match=r"train\.jsonl\.gz line 4: field 'output' is empty"):
+        read_rows(path, DatasetFormat.AUTO)
+
+
+def test_a_gzip_file_that_does_not_decompress_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(gzip.compress(_exported(EXPORTED))[:40])  # cut short, as an interrupted upload
+    with pytest.raises(DatasetInvalid, match=r"^train\.jsonl\.gz: a gzip file that does not decompress"):
+        read_rows(path, DatasetFormat.AUTO)
+
+
+def test_utf16_from_windows_is_named_not_misread(tmp_path: Path) -> None:
+    """Notepad's "Unicode" is UTF-16 with a BOM: say so, rather than "invalid start byte"."""
+    path = tmp_path / "train.jsonl"
+    path.write_bytes('{"text": "a"}\r\n'.encode("utf-16"))
+    with pytest.raises(DatasetInvalid, match=r"^train\.jsonl: UTF-16 text .*save it as UTF-8"):
+        read_rows(path, DatasetFormat.AUTO)
 
 
 def test_non_ascii_utf8_is_fine(tmp_path: Path) -> None:

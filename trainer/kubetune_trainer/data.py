@@ -14,8 +14,10 @@ Formats:
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +110,9 @@ def _parse_messages(raw: Any) -> tuple[Message, ...]:
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise ValueError(f"{where} must be an object")
-        unknown = set(msg) - MESSAGE_KEYS
+        # Exports carry keys this trainer has no use for, set to null ("refusal", "tool_calls",
+        # "function_call"): ignored. A key with a value is refused, so a typo is not lost silently.
+        unknown = {key for key in set(msg) - MESSAGE_KEYS if msg[key] is not None}
         if unknown:
             raise ValueError(f"{where} has unrecognised key(s) {sorted(unknown)}")
         role = msg.get("role")
@@ -170,17 +174,36 @@ def format_instruction(instruction: str, extra: str) -> str:
     return INSTRUCTION_TEMPLATE.format(instruction=instruction)
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def decode_jsonl(data: bytes, name: str) -> str:
+    """A JSONL file's text as exporters write it: gzip-compressed or not (by its magic bytes, not
+    its name), with or without a UTF-8 byte-order mark. Line numbers stay those of the file."""
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DatasetInvalid(f"{name}: a gzip file that does not decompress ({exc})") from exc
+    if data[:2] in UTF16_BOMS:
+        raise DatasetInvalid(f"{name}: UTF-16 text (a byte-order mark says so); save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")  # a spreadsheet's or Notepad's BOM is not part of line 1
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatasetInvalid(f"{name} line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
 def read_rows(path: Path, fmt: DatasetFormat, name: str | None = None) -> tuple[list[Row], DatasetFormat]:
     """Read and validate a JSONL file. Returns the rows and the (detected) format."""
     name = name or path.name
     errors = RowErrors(name)
     rows: list[Row] = []
     resolved: DatasetFormat | None = None if fmt is DatasetFormat.AUTO else fmt
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DatasetInvalid(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    # split("\n"), not splitlines(): U+2028 and friends are legal inside JSON strings.
+    text = decode_jsonl(path.read_bytes(), name)
+    # split("\n"), not splitlines(): U+2028 and friends are legal inside JSON strings. A CRLF
+    # line's "\r" is JSON whitespace, so Windows line endings need nothing more.
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
