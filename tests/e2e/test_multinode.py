@@ -122,7 +122,8 @@ def test_a_killed_rank_fails_the_attempt_and_the_next_attempt_resumes_from_the_c
     assert status.phase == "Succeeded", f"{status}\n{pod_logs(cluster, 'ring')}"
     assert status.attempts == 2 and status.world_size == 2
     assert status.last_failure is not None and status.last_failure.reason == "Killed", status.last_failure
-    assert kube.jobs("ring") == ["ring-preflight", "ring-train-1", "ring-train-2"]
+    # Attempt 1's Job may be gone: the operator deletes a failed attempt's Job while a rank still runs.
+    assert [j for j in kube.jobs("ring") if j != "ring-train-1"] == ["ring-preflight", "ring-train-2"]
     # The whole first attempt ended: its rank 0 did not outlive its peer.
     assert all(
         p["status"]["phase"] in {"Failed", "Succeeded"} or p["metadata"].get("deletionTimestamp")
