@@ -1,17 +1,15 @@
-"""Shared fixtures: a tiny real model, the quickstart data, and real S3 servers (moto) on 127.0.0.1.
+"""Shared fixtures: a tiny real model, the quickstart data, and real S3 servers (SeaweedFS) on 127.0.0.1.
 
-Nothing here patches boto3: the trainer talks HTTP to a moto server process, exactly as it
-talks to MinIO or AWS.
+Nothing here patches boto3: the trainer talks HTTP to a SeaweedFS process, exactly as it talks to
+MinIO or AWS. The test credentials are SeaweedFS's admin identity; harness.seaweed.READER is a
+read-only one, for the 403 cases.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,8 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
+
+from harness.seaweed import ADMIN, OWNER, READER, SeaweedS3
 
 # kube_api, kube_cluster: the kmock Kubernetes API and the test kubelet (tests/harness/).
 pytest_plugins = ["harness.fixtures"]
@@ -28,11 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
 sys.path.insert(0, str(QUICKSTART))
 
-FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+FAKE_CREDENTIALS = {**ADMIN.env, "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def free_port() -> int:
@@ -41,49 +36,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_moto(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, **FAKE_CREDENTIALS, **(extra_env or {})}
-    moto_server = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen(
-        [str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            requests.get(f"{endpoint}/moto-api/", timeout=1)
-            return proc, endpoint
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 API (SeaweedFS, with IAM identities) on 127.0.0.1, shared by the session."""
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server.endpoint
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3 API (moto server) on 127.0.0.1, shared by the session."""
-    proc, endpoint = start_moto()
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def denying_s3_endpoint() -> Iterator[str]:
-    """An S3 API that enforces IAM: unknown access keys get 403 InvalidAccessKeyId."""
-    proc, endpoint = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
+def denying_s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3 API that does not know the test credentials: every request gets 403 InvalidAccessKeyId."""
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs-denying"), identities=(READER, OWNER)) as server:
+        # Someone else's bucket: SeaweedFS answers 404 for a missing bucket before it checks the
+        # signature, where AWS says 403; with the bucket there, both refuse the credentials.
+        server.client(OWNER).create_bucket(Bucket="kubetune-private")
+        yield server.endpoint
 
 
 @pytest.fixture
 def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Credentials for the moto server, in this process's env and ready for subprocesses."""
+    """Credentials for the S3 server, in this process's env and ready for subprocesses."""
     for key, value in FAKE_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
     return {**FAKE_CREDENTIALS}

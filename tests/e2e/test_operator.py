@@ -1,5 +1,5 @@
 """The operator end to end: a kmock Kubernetes API on 127.0.0.1, the real kopf operator as a
-process, a moto S3 server, and a test kubelet that runs every pod's command as a local process.
+process, a SeaweedFS S3 server, and a test kubelet that runs every pod's command as a local process.
 
 Each test applies a FineTuneJob through the official client and watches what a user would
 see: phases, conditions, Events, children, and the artifacts in S3.

@@ -1,12 +1,12 @@
 """A secret-leak sweep: the S3 credentials of a job appear nowhere but in their Secret.
 
-Two jobs run with a credentials Secret of distinctive values: one succeeds, one fails on S3 (its
-output bucket does not exist), because error paths are where a client's request or a config dump
-ends up in a message. Then every place a user or an attacker with read access could look is
-searched for the values (raw and base64): the operator's log, every file the test kubelet wrote
-for the pods (logs, termination messages, mounted ConfigMaps, caches), every API object of the
-namespace except the Secret itself (FineTuneJobs with status, Events, Jobs, Pods, ConfigMaps,
-Services), and every object the runs wrote to S3.
+Two jobs run with a credentials Secret of distinctive values (an identity of the S3 server): one
+succeeds, one fails on S3 (its output bucket does not exist), because error paths are where a
+client's request or a config dump ends up in a message. Then every place a user or an attacker
+with read access could look is searched for the values (raw and base64): the operator's log,
+every file the test kubelet wrote for the pods (logs, termination messages, mounted ConfigMaps,
+caches), every API object of the namespace except the Secret itself (FineTuneJobs with status,
+Events, Jobs, Pods, ConfigMaps, Services), and every object the runs wrote to S3.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from operator_env import Kube, OperatorProcess, finetunejob, stage_tiny_job
 
 from harness import Cluster
 from harness.finetunejob import GROUP, NAMESPACE, PLURAL, VERSION
+from harness.seaweed import SWEEPER
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 pytest_plugins = ["operator_fixtures"]  # cluster, kube, operator
@@ -42,7 +43,8 @@ def test_credentials_appear_nowhere_but_in_their_secret(
 ) -> None:
     bucket = f"kt-leak-{secrets.token_hex(4)}"
     s3 = stage_tiny_job(s3_endpoint, tiny_model_dir, bucket)
-    key_id, secret_key = f"AKIALEAK{secrets.token_hex(6).upper()}", f"leak/{secrets.token_hex(16)}"
+    # An identity of the S3 server with distinctive values (SeaweedFS knows its identities at start).
+    key_id, secret_key = SWEEPER.access_key, SWEEPER.secret_key
     kube.core.create_namespaced_secret(
         NAMESPACE,
         {

@@ -14,6 +14,7 @@ Rows are a handful each, and bad rows fail before any model is loaded, so the ta
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import uuid
@@ -116,7 +117,7 @@ class Ctx:
 
     # S3 -----------------------------------------------------------------------------------------
     def s3(self) -> tuple[str, Any, str]:
-        """(endpoint, client, fresh bucket) on the permissive moto server."""
+        """(endpoint, client, fresh bucket) on the S3 server of the tests."""
         return (
             self.request.getfixturevalue("s3_endpoint"),
             self.request.getfixturevalue("s3_client"),
@@ -124,7 +125,7 @@ class Ctx:
         )
 
     def denying_endpoint(self) -> str:
-        """The IAM-enforcing moto server: the test credentials get 403 InvalidAccessKeyId."""
+        """An S3 server (SeaweedFS) that does not know the test credentials: 403 InvalidAccessKeyId."""
         self.request.getfixturevalue("s3_env")
         return str(self.request.getfixturevalue("denying_s3_endpoint"))
 
@@ -543,17 +544,26 @@ CASES = [
         DatasetInvalid,
         rows_case(
             b'{"prompt": "caf\xe9 =>", "completion": " 1"}\n',
-            "train.jsonl: not UTF-8 text",
+            "train.jsonl line 1: not UTF-8 text",
         ),
         id="non-utf8-bytes",
+    ),
+    # A UTF-8 byte-order mark is read (files as Excel and Notepad write them: tests/unit/test_data.py).
+    pytest.param(
+        DatasetInvalid,
+        rows_case(
+            (json.dumps(COMPLETION_OK) + "\r\n").encode("utf-16"),
+            "train.jsonl: UTF-16 text (a byte-order mark says so); save it as UTF-8",
+        ),
+        id="utf16-bom",
     ),
     pytest.param(
         DatasetInvalid,
         rows_case(
-            ("\ufeff" + json.dumps(COMPLETION_OK) + "\n").encode(),
-            "train.jsonl line 1: invalid JSON (Unexpected UTF-8 BOM",
+            gzip.compress((json.dumps(COMPLETION_OK) + "\n").encode() * 50)[:30],
+            "train.jsonl: a gzip file that does not decompress",
         ),
-        id="utf8-bom",
+        id="gzip-cut-short",
     ),
     pytest.param(
         DatasetInvalid,

@@ -1,4 +1,4 @@
-"""End to end through a real S3 API (moto server on 127.0.0.1): stage, train, publish, resume.
+"""End to end through a real S3 API (SeaweedFS on 127.0.0.1): stage, train, publish, resume.
 
 The trainer runs as `kubetune-train --config trainer.json` in a subprocess, the way the pod
 runs it, so SIGKILL and SIGTERM are real signals to a real process.

@@ -2,7 +2,7 @@
 pod, evaluates the shipped alert rules, and answers every dashboard query and alert expression.
 
 Wiring: the emulated API, the test kubelet (each pod a local process with its own IP
-127.0.0.N), moto S3, the operator process, and Prometheus on 127.0.0.1 with
+127.0.0.N), SeaweedFS S3, the operator process, and Prometheus on 127.0.0.1 with
 - job `kubetune-operator`: a static target, the operator's /metrics (`OperatorProcess.port`);
 - job `kubetune-trainer`: `file_sd`, filled with `<status.podIP>:<KUBETUNE_METRICS_PORT>` as soon
   as the trainer pod runs (what a PodMonitor does on a cluster), scraped every 200 ms because a
