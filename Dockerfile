@@ -20,6 +20,9 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 # operator: kopf, kubernetes client, pydantic, boto3. Never torch, never CUDA.
 # =======================================================================================
 FROM ${PYTHON_IMAGE} AS operator-build
+# Set only by builds behind a TLS-intercepting proxy (.ci/images mounts the host's CA bundle there);
+# a build arg is in the environment of RUN steps, never in the image.
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -38,9 +41,13 @@ RUN pip install --no-deps --force-reinstall . \
 
 FROM ${PYTHON_IMAGE} AS operator
 ARG DEBIAN_FRONTEND=noninteractive
+# 65532 gets a passwd entry: kopf identifies itself with getpass.getuser(), which fails for a UID
+# without one ("uid not found"); found by running the image (tests/e2e/test_images.py).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 65532 nonroot && useradd --uid 65532 --gid 65532 --home-dir /tmp --no-create-home \
+      --shell /usr/sbin/nologin nonroot
 COPY --from=operator-build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
@@ -63,6 +70,9 @@ FROM ${CUDA_IMAGE} AS trainer-build
 ARG DEBIAN_FRONTEND=noninteractive
 ARG TORCH_VERSION
 ARG TORCH_INDEX_URL
+# The CPU variant (.ci/images): an empty TORCH_INDEX_URL and a folder holding torch's CPU wheel.
+ARG TORCH_FIND_LINKS=
+ARG PIP_CERT
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
@@ -70,7 +80,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 # torch from the CUDA index first (the largest layer, and the package metadata deliberately does
 # not pin it); the `train` extra's `torch>=2.4` is then already satisfied.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+RUN pip install "torch==${TORCH_VERSION}" \
+      ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} \
+      ${TORCH_FIND_LINKS:+--find-links "${TORCH_FIND_LINKS}"} \
+ && python -c "import torch, sys; cpu = '${TORCH_FIND_LINKS}' == '' or torch.version.cuda is None; sys.exit(0 if cpu else 1)"
 WORKDIR /src
 COPY pyproject.toml ./
 RUN mkdir -p api operator trainer && touch README.md \
@@ -85,9 +98,13 @@ RUN pip install --no-deps --force-reinstall . \
 
 FROM ${CUDA_IMAGE} AS trainer
 ARG DEBIAN_FRONTEND=noninteractive
+# A passwd entry for 65532: kopf, getpass and torch look the user up (getpwuid), and a UID
+# without one fails them ("uid not found"); found by running the image (tests/e2e/test_images.py).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 tini \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 65532 nonroot && useradd --uid 65532 --gid 65532 --home-dir /tmp --no-create-home \
+      --shell /usr/sbin/nologin nonroot
 COPY --from=trainer-build /opt/venv /opt/venv
 # Everything written at run time goes to /tmp (scratch, HOME) or /cache (downloads, compile caches),
 # which the operator mounts as emptyDirs; the root filesystem stays read-only.

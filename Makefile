@@ -14,7 +14,7 @@ HELM_VENV ?= .venv-helm
 CHART_CRD := charts/kubetune/files/crds/kubetune.io_finetunejobs.yaml
 GENERATED_DOCS := docs/operator.md docs/trainer.md
 
-.PHONY: quickstart test system-deps lint typecheck imports crds crd-check docs unit pytest bench gpu-wheels clean helm-venv
+.PHONY: quickstart test images images-if-root system-deps lint typecheck imports crds crd-check docs unit pytest bench gpu-wheels clean helm-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,16 @@ quickstart: examples/quickstart/model/config.json
 
 ## test: lint, type-check, import-layer contracts, CRD and docs drift checks, and the whole pytest suite
 ## (slow tests included, the Helm chart's too)
-test: system-deps $(VENV)/.dev-installed $(HELM_VENV)/.installed lint typecheck imports crd-check pytest
+test: system-deps $(VENV)/.dev-installed $(HELM_VENV)/.installed lint typecheck imports crd-check images-if-root pytest
+
+## images: build the operator image and the trainer's CPU variant with buildah (.ci/images; root, no registry needed)
+images:
+	.ci/images
+
+# make test builds the images where it can (root: debootstrap and buildah need it); tests/e2e/test_images.py
+# runs them, and skips without them unless KUBETUNE_REQUIRE_IMAGES=1 (.ci/run sets it).
+images-if-root:
+	@if [ "$$(id -u)" -eq 0 ]; then .ci/images; else echo "warning: not root: images not built; their tests skip" >&2; fi
 
 ## system-deps: Debian packages the tests use (kubectl), installed when missing and we are root
 system-deps:
@@ -49,7 +58,7 @@ lint: $(VENV)/.dev-installed
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator
-	$(BIN)/mypy bench/train_throughput.py bench/operator_scale.py bench/gpu_report.py bench/qlora_cpu.py bench/plan_table.py bench/memory_calibration.py
+	$(BIN)/mypy bench/train_throughput.py bench/operator_scale.py bench/gpu_report.py bench/qlora_cpu.py bench/plan_table.py bench/memory_calibration.py bench/chaos.py
 
 ## imports: import-linter contracts (pyproject.toml [tool.importlinter]): layers, independence, no cycles
 imports: $(VENV)/.dev-installed

@@ -75,17 +75,22 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
+    def command(self) -> list[str]:
+        """The operator's command line; ImageOperator (tests/e2e/test_images.py) runs the image's instead."""
+        return [sys.executable, "-m", "kubetune_operator.cli.kubetune_operator", *self.args]
+
     def start(self, timeout: float = 60.0) -> OperatorProcess:
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"\n===== operator start #{self.starts} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubetune_operator.cli.kubetune_operator", *self.args],
+                self.command(),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
+                start_new_session=True,  # stop() signals the group: a launcher's children too
             )
         wait_for(lambda: self.get("/readyz") == "ok" or None, timeout, "the operator to be ready", self.check_alive)
         return self
@@ -124,11 +129,11 @@ class OperatorProcess:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            os.killpg(self.proc.pid, sig)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
 

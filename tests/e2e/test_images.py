@@ -1,0 +1,174 @@
+"""The images `make images` builds (.ci/images: buildah, a debootstrapped Debian base), run for real.
+
+`podman run` is refused on these machines (rlimits), so the images' commands run under
+`buildah run --isolation chroot --user 65532:65532`, which shares the host's network:
+- the operator image's entrypoint and command drive the happy path against the emulated API;
+- the trainer image (its CPU variant) trains a small job against the S3 server of the tests.
+
+Without the images these tests skip, unless KUBETUNE_REQUIRE_IMAGES=1 (`make test` sets it after
+`make images`), when a missing image is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from operator_env import Kube, finetunejob, operator_process, stage_tiny_job
+
+from conftest import FAKE_CREDENTIALS, trainer_config, upload_dir
+from harness import Cluster
+from harness.operator_process import OperatorProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.images]
+pytest_plugins = ["operator_fixtures"]  # cluster, kube
+
+OPERATOR_IMAGE = "localhost/kubetune-operator:dev"
+TRAINER_IMAGE = "localhost/kubetune-trainer:dev-cpu"
+BUILDAH = ["buildah", "--storage-driver", "vfs"]
+TRAIN_TIMEOUT = 300
+
+
+def image_present(image: str) -> bool:
+    if shutil.which("buildah") is None:
+        return False
+    found = subprocess.run([*BUILDAH, "inspect", "--type", "image", image], capture_output=True, check=False)
+    return found.returncode == 0
+
+
+def require(image: str) -> None:
+    if image_present(image):
+        return
+    message = f"{image} is not built: run `make images`"
+    if os.environ.get("KUBETUNE_REQUIRE_IMAGES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def config_of(image: str) -> dict[str, Any]:
+    out = subprocess.run([*BUILDAH, "inspect", "--type", "image", image], capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout)["OCIv1"]["config"])
+
+
+@pytest.fixture
+def container(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A working container of the image named by the test's `image` parameter, removed afterwards."""
+    image = request.param
+    require(image)
+    name = subprocess.run([*BUILDAH, "from", image], capture_output=True, text=True, check=True).stdout.strip()
+    yield name
+    subprocess.run([*BUILDAH, "rm", name], capture_output=True, check=False)
+
+
+def run_argv(container: str, config: dict[str, Any], env: dict[str, str], volumes: dict[str, str]) -> list[str]:
+    """`buildah run` of the image's own ENTRYPOINT + CMD, as the image's user (65532)."""
+    argv = [*BUILDAH, "run", "--isolation", "chroot", "--network", "host", "--user", str(config["User"])]
+    for host, inside in volumes.items():
+        argv += ["--volume", f"{host}:{inside}"]
+    for key, value in env.items():
+        argv += ["--env", f"{key}={value}"]
+    return [*argv, container, "--", *config["Entrypoint"], *config["Cmd"]]
+
+
+class ImageOperator(OperatorProcess):
+    """The operator image's entrypoint under `buildah run`, with the test operator's settings."""
+
+    def __init__(self, base: OperatorProcess, container: str, kubeconfig: Path) -> None:
+        super().__init__(kubeconfig, base.log_path)
+        self.container = container
+        self.kubeconfig = kubeconfig
+        self.settings = {key: value for key, value in base.env.items() if key.startswith("KUBETUNE_")}
+        self.port = base.port
+
+    def command(self) -> list[str]:
+        env = {**self.settings, "KUBETUNE_HEALTH_PORT": str(self.port), "KUBECONFIG": "/tmp/kubeconfig"}
+        return run_argv(self.container, config_of(OPERATOR_IMAGE), env, {str(self.kubeconfig): "/tmp/kubeconfig:ro"})
+
+
+def process_uid(pattern: str) -> set[int]:
+    """Real UIDs of the processes whose command line contains `pattern`."""
+    uids = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (
+                pattern.encode() in (proc / "cmdline").read_bytes()
+                and b"buildah" not in (proc / "cmdline").read_bytes()
+            ):
+                status = (proc / "status").read_text()
+                uids.add(int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]))
+        except (OSError, StopIteration):
+            continue
+    return uids
+
+
+@pytest.mark.parametrize("container", [OPERATOR_IMAGE], indirect=True)
+def test_the_operator_image_runs_the_happy_path_as_65532_with_only_tmp_writable(
+    container: str, kube_api: Any, kube: Kube, cluster: Cluster, s3_endpoint: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = config_of(OPERATOR_IMAGE)
+    assert config["User"] == "65532:65532" and config["Entrypoint"] == ["/usr/bin/tini", "--"]
+    # Nothing is writable but /tmp, and there is no torch in this image.
+    probe = (
+        "touch /tmp/ok && ! touch /opt/venv/x 2>/dev/null && ! touch /x 2>/dev/null && ! python -c 'import torch' "
+        # 65532 has a passwd entry: kopf's getpass.getuser() raised without one
+        "2>/dev/null && test \"$(python -c 'import getpass; print(getpass.getuser())')\" = nonroot"
+    )
+    checked = subprocess.run(
+        [*BUILDAH, "run", "--isolation", "chroot", "--user", "65532:65532", container, "--", "sh", "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    bucket = "kt-image-operator"
+    stage_tiny_job(s3_endpoint, tiny_model_dir, bucket)
+    base = operator_process(kube_api.kubeconfig, tmp_path / "operator.log")
+    operator = ImageOperator(base, container, kube_api.kubeconfig).start(timeout=120)
+    try:
+        assert process_uid("kubetune-operator") == {65532}
+        kube.apply(finetunejob("imaged", bucket, s3_endpoint))
+        status = kube.wait_phase("imaged", {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive)
+        assert status.phase == "Succeeded", f"{status}\n{operator.log()[-3000:]}"
+        assert kube.jobs("imaged") == ["imaged-preflight", "imaged-train-1"]
+    finally:
+        operator.stop()
+
+
+@pytest.mark.parametrize("container", [TRAINER_IMAGE], indirect=True)
+def test_the_trainer_image_trains_a_small_job_against_s3(
+    container: str, s3_endpoint: str, s3_client: Any, bucket: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    upload_dir(s3_client, tiny_model_dir, bucket, "models/tiny")
+    s3_client.upload_file(str(Path(__file__).parents[2] / "examples/quickstart/numbers.jsonl"), bucket, "data/n.jsonl")
+    config = trainer_config(
+        f"s3://{bucket}/models/tiny/",
+        f"s3://{bucket}/data/n.jsonl",
+        f"s3://{bucket}/out/",
+        cache_dir=Path("/cache"),
+        endpoint=s3_endpoint,
+        training={"max_steps": 10},
+        runtime={"cache_dir": "/cache", "termination_message_path": "/tmp/termination-log"},
+    )
+    (tmp_path / "trainer.json").write_text(json.dumps(config))
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)  # an emptyDir: writable by the pod's user
+    image = config_of(TRAINER_IMAGE)
+    assert image["User"] == "65532:65532"
+    env = {k: v for k, v in FAKE_CREDENTIALS.items()}
+    argv = run_argv(
+        container, image, env, {str(tmp_path / "trainer.json"): "/etc/kubetune/trainer.json:ro", str(cache): "/cache"}
+    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    published = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="out/").get("Contents", [])}
+    assert {"out/manifest.json", "out/adapter_model.safetensors"} <= published
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key="out/manifest.json")["Body"].read())
+    assert manifest["libraries"]["torch"].startswith("2.13.0") and "+cpu" in manifest["libraries"]["torch"]
