@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from operator_env import Kube, finetunejob, operator_process, stage_tiny_job
 
-from conftest import FAKE_CREDENTIALS, trainer_config, upload_dir
+from conftest import FAKE_CREDENTIALS, trainer_config
 from harness import Cluster
 from harness.operator_process import OperatorProcess
 
@@ -143,13 +143,11 @@ def test_the_operator_image_runs_the_happy_path_as_65532_with_only_tmp_writable(
 
 @pytest.mark.parametrize("container", [TRAINER_IMAGE], indirect=True)
 def test_the_trainer_image_trains_a_small_job_against_s3(
-    container: str, s3_endpoint: str, s3_client: Any, bucket: str, tiny_model_dir: Path, tmp_path: Path
+    container: str, s3_endpoint: str, s3_client: Any, bucket: str, staged_on_s3: dict[str, str], tmp_path: Path
 ) -> None:
-    upload_dir(s3_client, tiny_model_dir, bucket, "models/tiny")
-    s3_client.upload_file(str(Path(__file__).parents[2] / "examples/quickstart/numbers.jsonl"), bucket, "data/n.jsonl")
     config = trainer_config(
-        f"s3://{bucket}/models/tiny/",
-        f"s3://{bucket}/data/n.jsonl",
+        staged_on_s3["model"],
+        staged_on_s3["train"],
         f"s3://{bucket}/out/",
         cache_dir=Path("/cache"),
         endpoint=s3_endpoint,
@@ -157,9 +155,14 @@ def test_the_trainer_image_trains_a_small_job_against_s3(
         runtime={"cache_dir": "/cache", "termination_message_path": "/tmp/termination-log"},
     )
     (tmp_path / "trainer.json").write_text(json.dumps(config))
+    # An emptyDir: writable by the pod's user. Created 0777 outright (umask 0), not chmod-ed after:
+    # this machine's sandbox sometimes showed the bind mount with the mode the folder was created with.
     cache = tmp_path / "cache"
-    cache.mkdir(mode=0o777)
-    cache.chmod(0o777)  # an emptyDir: writable by the pod's user
+    umask = os.umask(0)
+    try:
+        cache.mkdir(mode=0o777)
+    finally:
+        os.umask(umask)
     image = config_of(TRAINER_IMAGE)
     assert image["User"] == "65532:65532"
     env = {k: v for k, v in FAKE_CREDENTIALS.items()}
