@@ -8,7 +8,9 @@ read-only one, for the 403 cases.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -78,6 +80,38 @@ def upload_dir(client: Any, local: Path, bucket: str, prefix: str) -> None:
     for path in sorted(local.rglob("*")):
         if path.is_file():
             client.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(local).as_posix()}")
+
+
+def keys_under(client: Any, bucket: str, prefix: str) -> set[str]:
+    """Every key below `prefix/`, relative to it."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    return {obj["Key"][len(prefix) + 1 :] for page in pages for obj in page.get("Contents", [])}
+
+
+def upload_tiny_job(client: Any, model_dir: Path, bucket: str) -> dict[str, str]:
+    """A model (at models/tiny/) and the quickstart data (data/numbers.jsonl) in `bucket`: their URIs."""
+    upload_dir(client, model_dir, bucket, "models/tiny")
+    client.upload_file(str(QUICKSTART / "numbers.jsonl"), bucket, "data/numbers.jsonl")
+    return {"model": f"s3://{bucket}/models/tiny/", "train": f"s3://{bucket}/data/numbers.jsonl"}
+
+
+@pytest.fixture
+def staged_on_s3(s3_client: Any, bucket: str, tiny_model_dir: Path) -> dict[str, str]:
+    """The tiny model and the quickstart data uploaded to the test's bucket, as a user would have them."""
+    return upload_tiny_job(s3_client, tiny_model_dir, bucket)
+
+
+def trainer_process(config_path: Path, env: dict[str, str], merge_output: bool = False) -> subprocess.Popen[str]:
+    """`kubetune-train --config` as the pod runs it, in a subprocess; `merge_output`: stderr into stdout."""
+    pythonpath = os.pathsep.join(str(ROOT / d) for d in ("api", "trainer"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetune_trainer.cli.kubetune_train", "--config", str(config_path)],
+        # One thread each: tests run several trainers at once on a 2-core machine.
+        env={**os.environ, **env, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="session")

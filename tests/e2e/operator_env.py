@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import boto3
 from kubernetes import client
 
-from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
+from conftest import FAKE_CREDENTIALS, upload_tiny_job
 from harness.finetunejob import GROUP, NAMESPACE, PLURAL, VERSION, finetunejob
 from harness.operator_process import OperatorProcess, free_port, wait_for
 from kubetune_api.status import Condition, FineTuneJobStatus
@@ -48,8 +48,7 @@ def stage_tiny_job(endpoint: str, model_dir: Path, bucket: str) -> Any:
     which finetunejob() points at. Returns the client."""
     s3 = s3_client(endpoint)
     s3.create_bucket(Bucket=bucket)
-    upload_dir(s3, model_dir, bucket, "models/tiny")
-    s3.upload_file(str(ROOT / "examples/quickstart/numbers.jsonl"), bucket, "data/numbers.jsonl")
+    upload_tiny_job(s3, model_dir, bucket)
     return s3
 
 

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import ROOT, trainer_config, upload_dir
+from conftest import keys_under, trainer_config, trainer_process
 from harness.s3_proxy import CountingS3Proxy, FaultPlan
 from kubetune_api.protocol import FailureReason, RunStatus, RunSummary
 
@@ -34,21 +32,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 FAULT_RATE = 0.10
 
 
-@pytest.fixture
-def staged(s3_client: Any, bucket: str, tiny_model_dir: Path, numbers_path: Path) -> dict[str, str]:
-    upload_dir(s3_client, tiny_model_dir, bucket, "models/tiny")
-    s3_client.upload_file(str(numbers_path), bucket, "data/numbers.jsonl")
-    return {"model": f"s3://{bucket}/models/tiny/", "train": f"s3://{bucket}/data/numbers.jsonl"}
-
-
 def start_trainer(
-    tmp_path: Path, name: str, staged: dict[str, str], bucket: str, endpoint: str, env: dict[str, str], steps: int
+    tmp_path: Path, name: str, staged_on_s3: dict[str, str], bucket: str, endpoint: str, env: dict[str, str], steps: int
 ) -> tuple[subprocess.Popen[str], Path]:
     run_dir = tmp_path / name
     run_dir.mkdir()
     config = trainer_config(
-        staged["model"],
-        staged["train"],
+        staged_on_s3["model"],
+        staged_on_s3["train"],
         f"s3://{bucket}/out/",
         cache_dir=run_dir / "cache",
         endpoint=endpoint,
@@ -56,43 +47,31 @@ def start_trainer(
         runtime={"cache_dir": str(run_dir / "cache"), "termination_message_path": str(run_dir / "term")},
     )
     (run_dir / "trainer.json").write_text(json.dumps(config))
-    pythonpath = os.pathsep.join(str(ROOT / d) for d in ("api", "trainer"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubetune_trainer.cli.kubetune_train", "--config", str(run_dir / "trainer.json")],
-        env={**os.environ, **env, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = trainer_process(run_dir / "trainer.json", env, merge_output=True)
     return proc, run_dir / "term"
-
-
-def keys(s3_client: Any, bucket: str, prefix: str) -> set[str]:
-    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {obj["Key"][len(prefix) :] for page in pages for obj in page.get("Contents", [])}
 
 
 def complete_checkpoints(s3_client: Any, bucket: str) -> dict[int, set[str]]:
     """Checkpoint step -> its files, for the checkpoints marked complete."""
     by_step: dict[int, set[str]] = {}
-    for key in keys(s3_client, bucket, "out/checkpoints/"):
+    for key in keys_under(s3_client, bucket, "out/checkpoints"):
         folder, _, file = key.partition("/")
         by_step.setdefault(int(folder.removeprefix("step-")), set()).add(file)
     return {step: files for step, files in by_step.items() if "COMPLETE" in files}
 
 
 def test_staging_checkpoints_and_publish_survive_ten_percent_faults(
-    staged: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
+    staged_on_s3: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
 ) -> None:
     with CountingS3Proxy(s3_endpoint, FaultPlan(rate=FAULT_RATE, seed=11)) as proxy:
-        proc, term = start_trainer(tmp_path, "faulty", staged, bucket, proxy.endpoint, s3_env, steps=40)
+        proc, term = start_trainer(tmp_path, "faulty", staged_on_s3, bucket, proxy.endpoint, s3_env, steps=40)
         output, _ = proc.communicate(timeout=600)
         requests, injected = len(proxy.requests), proxy.injected()
     assert proc.returncode == 0, output[-4000:]
     summary = RunSummary.model_validate_json(term.read_text())
     assert summary.status == RunStatus.SUCCEEDED and summary.step == 40
 
-    published = keys(s3_client, bucket, "out/")
+    published = keys_under(s3_client, bucket, "out")
     assert {"manifest.json", "adapter_model.safetensors", "adapter_config.json", "metrics.json"} <= published
     manifest = json.loads(s3_client.get_object(Bucket=bucket, Key="out/manifest.json")["Body"].read())
     for name, digest in manifest["artifacts"].items():  # every published file is whole
@@ -111,10 +90,10 @@ def test_staging_checkpoints_and_publish_survive_ten_percent_faults(
 
 
 def test_a_hard_outage_fails_with_storage_error_and_the_next_run_resumes_from_the_last_complete_checkpoint(
-    staged: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
+    staged_on_s3: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
 ) -> None:
     with CountingS3Proxy(s3_endpoint) as proxy:
-        proc, term = start_trainer(tmp_path, "outage", staged, bucket, proxy.endpoint, s3_env, steps=400)
+        proc, term = start_trainer(tmp_path, "outage", staged_on_s3, bucket, proxy.endpoint, s3_env, steps=400)
         deadline = time.monotonic() + 300
         while not complete_checkpoints(s3_client, bucket):
             assert proc.poll() is None, proc.communicate()[0][-4000:]
@@ -130,7 +109,7 @@ def test_a_hard_outage_fails_with_storage_error_and_the_next_run_resumes_from_th
     assert refused > 0
 
     # Nothing final is half-written: no publish at all, and the checkpoints that count are whole.
-    left = keys(s3_client, bucket, "out/")
+    left = keys_under(s3_client, bucket, "out")
     assert not {"manifest.json", "adapter_model.safetensors", "metrics.json"} & left, sorted(left)
     survivors = complete_checkpoints(s3_client, bucket)
     assert survivors
@@ -140,8 +119,8 @@ def test_a_hard_outage_fails_with_storage_error_and_the_next_run_resumes_from_th
 
     # S3 is back: the next attempt resumes from the last complete checkpoint and finishes.
     with CountingS3Proxy(s3_endpoint) as proxy:
-        proc, term = start_trainer(tmp_path, "recovered", staged, bucket, proxy.endpoint, s3_env, steps=400)
+        proc, term = start_trainer(tmp_path, "recovered", staged_on_s3, bucket, proxy.endpoint, s3_env, steps=400)
         output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
     assert f"resumed from checkpoint step {last}" in output, output[-4000:]
-    assert "manifest.json" in keys(s3_client, bucket, "out/")
+    assert "manifest.json" in keys_under(s3_client, bucket, "out")

@@ -7,10 +7,8 @@ runs it, so SIGKILL and SIGTERM are real signals to a real process.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 import requests
 import torch
 
-from conftest import ROOT, free_port, trainer_config, upload_dir
+from conftest import free_port, keys_under, trainer_config, trainer_process
 from kubetune_api.protocol import FailureReason, ProgressReport, RunStatus, RunSummary
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -29,29 +27,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 LONG_TRAINING = {"max_steps": 90, "batch_size": 2, "checkpoint_every_steps": 20, "keep_checkpoints": 2}
 
 
-@pytest.fixture
-def staged(s3_client: Any, bucket: str, tiny_model_dir: Path, numbers_path: Path) -> dict[str, str]:
-    """Model and data uploaded to S3, as a user would have them."""
-    upload_dir(s3_client, tiny_model_dir, bucket, "models/tiny")
-    s3_client.upload_file(str(numbers_path), bucket, "data/numbers.jsonl")
-    return {"model": f"s3://{bucket}/models/tiny/", "train": f"s3://{bucket}/data/numbers.jsonl"}
-
-
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(json.dumps(config, indent=2))
     return path
-
-
-def trainer_process(config_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    pythonpath = os.pathsep.join(str(ROOT / d) for d in ("api", "trainer"))
-    return subprocess.Popen(
-        [sys.executable, "-m", "kubetune_trainer.cli.kubetune_train", "--config", str(config_path)],
-        # One thread each: tests run several trainers at once on a 2-core machine.
-        env={**os.environ, **env, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def wait_for_step(port: int, proc: subprocess.Popen[str], step: int, need_checkpoint: bool) -> ProgressReport:
@@ -76,17 +54,12 @@ def loss_curve(s3_client: Any, bucket: str, prefix: str) -> list[dict[str, float
     return list(json.loads(body)["loss_curve"])
 
 
-def keys_under(s3_client: Any, bucket: str, prefix: str) -> set[str]:
-    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
-    return {obj["Key"][len(prefix) + 1 :] for page in pages for obj in page.get("Contents", [])}
-
-
 def test_trains_from_s3_to_s3_and_publishes_every_artifact(
-    staged: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
+    staged_on_s3: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
 ) -> None:
     config = trainer_config(
-        staged["model"],
-        staged["train"],
+        staged_on_s3["model"],
+        staged_on_s3["train"],
         f"s3://{bucket}/runs/one/",
         cache_dir=tmp_path / "cache",
         endpoint=s3_endpoint,
@@ -111,7 +84,7 @@ def test_trains_from_s3_to_s3_and_publishes_every_artifact(
     ):
         assert artifact in keys, f"{artifact} missing from {sorted(keys)}"
     manifest = json.loads(s3_client.get_object(Bucket=bucket, Key="runs/one/manifest.json")["Body"].read())
-    assert manifest["datasets"][0]["uri"] == staged["train"] and manifest["datasets"][0]["etag"]
+    assert manifest["datasets"][0]["uri"] == staged_on_s3["train"] and manifest["datasets"][0]["etag"]
     assert manifest["baseModel"]["sha256"] and manifest["libraries"]["torch"]
     assert manifest["training"]["trainedTokens"] > 0
     assert set(manifest["artifacts"]) >= {"adapter_model.safetensors", "eval.json"}
@@ -128,27 +101,27 @@ def test_trains_from_s3_to_s3_and_publishes_every_artifact(
 
 
 def test_second_run_reuses_the_download_cache(
-    staged: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], bucket: str, tmp_path: Path
+    staged_on_s3: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], bucket: str, tmp_path: Path
 ) -> None:
     from kubetune_api.spec import StorageSpec
     from kubetune_trainer.storage import Storage
 
     storage = Storage(StorageSpec(endpoint=s3_endpoint, addressing_style="path"), tmp_path / "cache")
-    first = storage.stage_dir(staged["model"])
+    first = storage.stage_dir(staged_on_s3["model"])
     mtimes = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
-    again = storage.stage_dir(staged["model"])
+    again = storage.stage_dir(staged_on_s3["model"])
     assert again == first
     assert {p: p.stat().st_mtime_ns for p in again.rglob("*") if p.is_file()} == mtimes
     assert (first / "config.json").read_bytes()
 
 
 def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted_run(
-    staged: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
+    staged_on_s3: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
 ) -> None:
     def config_for(name: str, port: int | None = None) -> Path:
         config = trainer_config(
-            staged["model"],
-            staged["train"],
+            staged_on_s3["model"],
+            staged_on_s3["train"],
             f"s3://{bucket}/runs/{name}/",
             cache_dir=tmp_path / "cache",
             endpoint=s3_endpoint,
@@ -184,12 +157,12 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted_run(
 
 
 def test_sigterm_saves_a_checkpoint_then_exits_143(
-    staged: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
+    staged_on_s3: dict[str, str], s3_endpoint: str, s3_env: dict[str, str], s3_client: Any, bucket: str, tmp_path: Path
 ) -> None:
     port = free_port()
     config = trainer_config(
-        staged["model"],
-        staged["train"],
+        staged_on_s3["model"],
+        staged_on_s3["train"],
         f"s3://{bucket}/runs/term/",
         cache_dir=tmp_path / "cache",
         endpoint=s3_endpoint,

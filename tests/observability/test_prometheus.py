@@ -38,7 +38,7 @@ import requests
 import yaml
 from kubernetes import client
 
-from conftest import FAKE_CREDENTIALS, ROOT, upload_dir
+from conftest import FAKE_CREDENTIALS, ROOT, upload_tiny_job
 from harness import Cluster
 from harness.finetunejob import finetunejob as shared_finetunejob
 from harness.operator_process import OperatorProcess, free_port, wait_for
@@ -163,8 +163,7 @@ def staged(s3_endpoint: str, tiny_model_dir: Path, kube_api: Any) -> dict[str, s
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **creds)
     bucket = "kubetune-observability"
     s3.create_bucket(Bucket=bucket)
-    upload_dir(s3, tiny_model_dir, bucket, "models/tiny")
-    s3.upload_file(str(ROOT / "examples/quickstart/numbers.jsonl"), bucket, "data/numbers.jsonl")
+    upload_tiny_job(s3, tiny_model_dir, bucket)
     return {"bucket": bucket, "endpoint": s3_endpoint}
 
 
