@@ -80,9 +80,12 @@ class PodView:
     started_at: datetime | None
     finished_at: datetime | None
     observation: PodObservation
-    deleting: bool
     # metadata.deletionTimestamp: when the kubelet's grace period ends and the pod should be gone.
     deletion_deadline: datetime | None = None
+
+    @property
+    def deleting(self) -> bool:
+        return self.deletion_deadline is not None
 
     @property
     def running(self) -> bool:
@@ -121,7 +124,6 @@ def pod_view(pod: JSON) -> PodView:
         started_at=parse_rfc3339(running.get("startedAt") or terminated.get("startedAt")),
         finished_at=parse_rfc3339(terminated.get("finishedAt")),
         observation=observe_pod(pod),
-        deleting=bool(meta.get("deletionTimestamp")),
         deletion_deadline=parse_rfc3339(meta.get("deletionTimestamp")),
     )
 

@@ -641,7 +641,7 @@ def test_a_failed_rank_stops_the_other_ranks_and_the_retry_starts_once_they_are_
     assert [e.reason for e in plan.events].count("Retrying") == 1
 
     # The next reconcile: the Job is being deleted and rank 0 is stopping within its grace period.
-    stopping = dataclasses.replace(kpod(index=0), deleting=True, deletion_deadline=NOW + timedelta(seconds=30))
+    stopping = dataclasses.replace(kpod(index=0), deletion_deadline=NOW + timedelta(seconds=30))
     waiting = decide(snap(raw, plan.status, jobs=(), pods=(stopping, dead)), SETTINGS)
     assert waiting.create_attempt is None and "Retrying" not in [e.reason for e in waiting.events]
     assert waiting.status.message == "retrying: attempt 2 waits for ft-train-1-0-abcde to stop"
@@ -653,7 +653,7 @@ def test_a_failed_rank_stops_the_other_ranks_and_the_retry_starts_once_they_are_
 def test_a_rank_stuck_terminating_on_a_lost_node_does_not_block_the_retry_forever() -> None:
     raw = spec(resources={"gpus": 8, "nodes": 2})
     status = accepted(raw, attempts=2)
-    stuck = dataclasses.replace(kpod(index=0), deleting=True, deletion_deadline=NOW - timedelta(minutes=5))
+    stuck = dataclasses.replace(kpod(index=0), deletion_deadline=NOW - timedelta(minutes=5))
     plan = decide(snap(raw, status, jobs=(), pods=(stuck,)), SETTINGS)
     assert plan.create_attempt == 2
 
