@@ -137,13 +137,25 @@ class Rendered:
         return {o["kind"] for o in self.objects}
 
 
-def install_scenario(scenario: str, tmp_path: Path) -> Rendered:
-    values = scenario_values(scenario)
+def create_tenant_namespaces(server: RunningApiServer, values: dict[str, Any]) -> None:
+    """The API's tenant namespaces exist before the install, as on a cluster (the chart puts Roles in them)."""
+    import kubernetes.client
+
+    with server.api_client() as api_client:
+        core = kubernetes.client.CoreV1Api(api_client)
+        for namespace in (values.get("api") or {}).get("tenants") or {}:
+            core.create_namespace({"metadata": {"name": namespace}})
+
+
+def install_scenario(scenario: str, tmp_path: Path, values: dict[str, Any] | None = None) -> Rendered:
+    """Install ci/<scenario>-values.yaml, or `values` when given (then `scenario` only names the result)."""
+    values = scenario_values(scenario) if values is None else values
     values_file = tmp_path / "values.json"
     values_file.write_text(json.dumps(values))
     crds = [GENERATED_CRD, *sorted(FIXTURES.glob("monitoring.coreos.com_*.yaml"))]
     server = RunningApiServer(OpenAPIApiServer(), crd_paths=crds).start()
     try:
+        create_tenant_namespaces(server, values)
         kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
         release = run_helm_tool(
             "install",

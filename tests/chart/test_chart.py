@@ -74,7 +74,7 @@ MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def test_scenarios_exist() -> None:
-    assert {"default", "namespaced", "monitoring", "no-crds"} <= set(SCENARIOS)
+    assert {"default", "namespaced", "monitoring", "no-crds", "api"} <= set(SCENARIOS)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -115,6 +115,14 @@ def test_kinds_per_scenario(rendered: dict[str, Rendered]) -> None:
         *MONITORING_KINDS,
     }
     assert rendered["no-crds"].kinds == base | {"ClusterRole", "ClusterRoleBinding"}
+    assert rendered["api"].kinds == base | {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "ConfigMap",
+        "Role",
+        "RoleBinding",
+    }
 
 
 def test_installed_into_the_emulator(rendered: dict[str, Rendered]) -> None:
@@ -149,7 +157,7 @@ def test_labels(rendered: dict[str, Rendered], scenario: str) -> None:
 
 
 def _container(r: Rendered) -> dict[str, Any]:
-    (container,) = r.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = r.one("Deployment")["spec"]["template"]["spec"]["containers"]  # the operator's
     return container
 
 
@@ -441,3 +449,207 @@ def test_lint_rejects_a_cache_size_that_is_not_a_quantity(chart_copy: Any) -> No
         (chart_copy / "values.yaml").write_text(json.dumps(values))
         result = run_helm_tool("lint", str(chart_copy))
         assert bool(result["Errors"]) is refused, (size, result)
+
+
+# -- the OpenAI-compatible API server (api.enabled) -----------------------------------------------
+
+API = f"{RELEASE}-api"
+API_ENV_FILES = {
+    "KUBETUNE_API_TOKENS_FILE": "/etc/kubetune-api/tokens/tokens.json",
+    "KUBETUNE_API_CONFIG_FILE": "/etc/kubetune-api/config/config.yaml",
+}
+
+
+def _api_objects(r: Rendered) -> list[dict[str, Any]]:
+    return [o for o in r.objects if o["metadata"]["labels"].get("app.kubernetes.io/component") == "api"]
+
+
+def _api(r: Rendered, kind: str) -> dict[str, Any]:
+    (found,) = [o for o in _api_objects(r) if o["kind"] == kind]
+    return found
+
+
+def _api_values(**api: Any) -> dict[str, Any]:
+    """Values with the API on: a tokens Secret and one tenant, overridden by `api`."""
+    tenant = {"filesUri": "s3://team-a/files/", "outputUri": "s3://team-a/adapters/"}
+    return {"api": {"enabled": True, "tokensSecret": "tokens", "tenants": {"team-a": tenant}} | api}
+
+
+def _refused(values: dict[str, Any], tmp_path: Path) -> str:
+    """The error of a `helm install` that must fail."""
+    with pytest.raises(AssertionError) as failed:
+        install_scenario("refused", tmp_path, values)
+    return str(failed.value)
+
+
+@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"api"}))
+def test_api_is_off_by_default(rendered: dict[str, Rendered], scenario: str) -> None:
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["api"]["enabled"] is False
+    assert _api_objects(rendered[scenario]) == []
+    assert "OpenAI-compatible API" not in rendered[scenario].notes
+
+
+def test_api_objects(rendered: dict[str, Rendered]) -> None:
+    r = rendered["api"]
+    values = r.values["api"]
+    kinds = sorted((o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in _api_objects(r))
+    assert kinds == sorted(
+        [
+            ("ConfigMap", RELEASE_NAMESPACE, f"{API}-config"),
+            ("Deployment", RELEASE_NAMESPACE, API),
+            ("Service", RELEASE_NAMESPACE, API),
+            ("ServiceAccount", RELEASE_NAMESPACE, API),
+            *(("Role", tenant, API) for tenant in values["tenants"]),
+            *(("RoleBinding", tenant, API) for tenant in values["tenants"]),
+        ]
+    )
+    deployment = _api(r, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == API and pod["automountServiceAccountToken"] is True
+    assert _api(r, "ServiceAccount")["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    operator_image = next(d for d in r.of_kind("Deployment") if d["metadata"]["name"] == OPERATOR)
+    assert container["image"] == operator_image["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["args"] == ["kubetune-api"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KUBETUNE_API_PORT"]["value"] == "8000" and env["KUBETUNE_API_HOST"]["value"] == "0.0.0.0"
+    for name, path in API_ENV_FILES.items():
+        assert env[name]["value"] == path
+    # The server's own S3 credentials, from a Secret reference: never a value in the manifest.
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "kubetune-api-s3", "key": key}}}
+    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Tokens and config are files: the server never reads Secrets or ConfigMaps through the API.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for name, path in API_ENV_FILES.items():
+        folder, file = path.rsplit("/", 1)
+        mount = mounts[folder]
+        assert mount.get("readOnly") is True and "subPath" not in mount, name  # a rotated Secret reaches the pod
+        source = volumes[mount["name"]].get("secret") or volumes[mount["name"]]["configMap"]
+        assert [item["path"] for item in source["items"]] == [file]
+    assert volumes[mounts["/etc/kubetune-api/tokens"]["name"]]["secret"]["secretName"] == "kubetune-api-tokens"
+    assert volumes[mounts["/etc/kubetune-api/tokens"]["name"]]["secret"]["items"][0]["key"] == "tokens.json"
+    assert volumes[mounts["/etc/kubetune-api/config"]["name"]]["configMap"]["name"] == f"{API}-config"
+    assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+
+    service = _api(r, "Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    operator_pods = operator_image["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= operator_pods.items()  # never the operator's pods
+
+    config = yaml.safe_load(_api(r, "ConfigMap")["data"]["config.yaml"])
+    assert config == {"catalog": values["catalog"], "tenants": values["tenants"]}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])  # a config change rolls the pods
+    assert "service/kubetune-api:8000" in r.notes and "team-a, team-b" in r.notes
+
+
+def test_api_pod_meets_the_restricted_pod_security_standard(rendered: dict[str, Rendered]) -> None:
+    pod = _api(rendered["api"], "Deployment")["spec"]["template"]["spec"]
+    _assert_restricted(pod)
+    assert "hostNetwork" not in pod and "hostPID" not in pod and "hostIPC" not in pod
+    assert all("hostPath" not in v for v in pod["volumes"])
+    (container,) = pod["containers"]
+    assert all("hostPort" not in p for p in container["ports"])
+
+
+def _docs_api_rbac_table() -> list[dict[str, str]]:
+    """The rows of the table under "Permissions of the API server" in docs/install.md."""
+    doc = (CHART.parents[1] / "docs" / "install.md").read_text()
+    section = doc.split("### Permissions of the API server", 1)[1]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip().lower() for cell in lines[0].strip("|").split("|")]
+    assert header == ["resource", "verbs", "scope", "why"], header
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    assert rows
+    return rows
+
+
+def _docs_api_rules() -> dict[tuple[str, str], list[str]]:
+    """{(apiGroup, resource): verbs} of the docs table: `finetunejobs.kubetune.io` or `events` (core)."""
+    rules: dict[tuple[str, str], list[str]] = {}
+    for row in _docs_api_rbac_table():
+        assert row["scope"] == "each tenant namespace" and row["why"], row
+        named = re.fullmatch(r"`([a-z/]+)(?:\.([a-z0-9.-]+))?`(?: \(core\))?", row["resource"])
+        assert named, row["resource"]
+        resource, group = named[1], named[2] or ""
+        rules[(group, resource)] = [verb.strip() for verb in row["verbs"].split(",")]
+    return rules
+
+
+def test_api_rbac_is_exactly_the_table_in_docs_install_md(rendered: dict[str, Rendered]) -> None:
+    """Every rule the API's ServiceAccount holds, found through every binding that names it, is in the docs
+    table, and every row of the table is granted: in each tenant namespace, and nowhere else."""
+    r = rendered["api"]
+    documented = {key: sorted(verbs) for key, verbs in _docs_api_rules().items()}
+    assert ("kubetune.io", "finetunejobs") in documented  # the table was found and parsed
+    subject = {"kind": "ServiceAccount", "name": API, "namespace": RELEASE_NAMESPACE}
+    bindings = [o for o in r.objects if o["kind"] in {"RoleBinding", "ClusterRoleBinding"} and subject in o["subjects"]]
+    assert all(b["kind"] == "RoleBinding" for b in bindings), "no cluster-scoped binding for the API"
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(r.values["api"]["tenants"])
+    for binding in bindings:
+        namespace = binding["metadata"]["namespace"]
+        assert binding["subjects"] == [subject]
+        ref = binding["roleRef"]
+        assert ref["kind"] == "Role", "a ClusterRole bound per namespace would still be editable cluster-wide"
+        role = next(
+            o
+            for o in r.of_kind("Role")
+            if o["metadata"]["name"] == ref["name"] and o["metadata"]["namespace"] == namespace
+        )
+        assert {key: sorted(verbs) for key, verbs in _rules(role).items()} == documented, namespace
+    # The operator's own grants are untouched by the API (same table as without it).
+    operator_rules = {key: sorted(v) for key, v in _rules(r.one("ClusterRole")).items()}
+    assert operator_rules == {key: sorted(v) for key, v in {**EXPECTED_RULES, **CLUSTER_ONLY_RULES}.items()}
+
+
+def test_api_with_a_namespaced_operator_serves_the_release_namespace(tmp_path: Path) -> None:
+    """The one tenant a namespaced operator can serve; no S3 Secret means no AWS_* variables (IRSA)."""
+    tenant = {"filesUri": "s3://ml/files/", "outputUri": "s3://ml/adapters/"}
+    values = {"rbac": {"scope": "Namespaced"}, **_api_values(tenants={RELEASE_NAMESPACE: tenant})}
+    r = install_scenario("api-namespaced", tmp_path, values)
+    assert {(o["kind"], o["metadata"]["namespace"]) for o in _api_objects(r) if "Role" in o["kind"]} == {
+        ("Role", RELEASE_NAMESPACE),
+        ("RoleBinding", RELEASE_NAMESPACE),
+    }
+    (container,) = _api(r, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in container["env"] if e["name"].startswith("AWS_")]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (_api_values(tokensSecret=""), "api.tokensSecret is required when api.enabled is true"),
+        (_api_values(tenants={}), "api.tenants is required when api.enabled is true"),
+        (
+            {"rbac": {"scope": "Namespaced"}, **_api_values()},
+            f"api.tenants.team-a: rbac.scope Namespaced runs the operator for namespace {RELEASE_NAMESPACE} only",
+        ),
+    ],
+    ids=["no-tokens-secret", "no-tenants", "tenant-outside-a-namespaced-operator"],
+)
+def test_api_values_that_cannot_work_are_refused_by_name(values: dict[str, Any], message: str, tmp_path: Path) -> None:
+    assert message in _refused(values, tmp_path)
+
+
+def test_lint_rejects_an_api_tenant_without_its_uris(chart_copy: Any) -> None:
+    # helm-sdkpy's lint reports no error text, so the same values with the URIs must lint clean.
+    values = deep_merge(yaml.safe_load((CHART / "values.yaml").read_text()), _api_values())
+    for tenant, refused in (
+        ({"filesUri": "s3://a/files/", "outputUri": "s3://a/out/"}, False),
+        ({"filesUri": "s3://a/files/"}, True),
+        ({"filesUri": "a/files", "outputUri": "s3://a/out/"}, True),
+        ({"filesUri": "s3://a/files/", "outputUri": "s3://a/out/", "bucket": "x"}, True),
+    ):
+        values["api"]["tenants"] = {"team-a": tenant}
+        (chart_copy / "values.yaml").write_text(json.dumps(values))
+        result = run_helm_tool("lint", str(chart_copy))
+        assert bool(result["Errors"]) is refused, (tenant, result)

@@ -109,3 +109,40 @@ fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* Name of the OpenAI-compatible API server's Deployment, Service, ServiceAccount and Roles. */}}
+{{- define "kubetune.apiName" -}}
+{{- printf "%s-api" (include "kubetune.fullname" .) }}
+{{- end }}
+
+{{/* Labels of the API server's objects. */}}
+{{- define "kubetune.apiLabels" -}}
+{{ include "kubetune.labels" . }}
+app.kubernetes.io/component: api
+{{- end }}
+
+{{/* Selector of the API server's pods. */}}
+{{- define "kubetune.apiSelectorLabels" -}}
+{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/component: api
+{{- end }}
+
+{{/*
+Checks of the API values that the schema cannot express; rendered (as nothing) by every API template.
+A namespaced operator reconciles only its own namespace: a tenant elsewhere would get FineTuneJobs nobody runs.
+*/}}
+{{- define "kubetune.apiValidate" -}}
+{{- if not .Values.api.tokensSecret }}
+{{- fail "api.tokensSecret is required when api.enabled is true: the name of an existing Secret with the bearer tokens (JSON {\"<token>\": \"<namespace>\"})" }}
+{{- end }}
+{{- if not .Values.api.tenants }}
+{{- fail "api.tenants is required when api.enabled is true: at least one namespace, e.g. {team-a: {filesUri: s3://..., outputUri: s3://...}}" }}
+{{- end }}
+{{- if include "kubetune.namespaced" . }}
+{{- range $namespace, $_ := .Values.api.tenants }}
+{{- if ne $namespace $.Release.Namespace }}
+{{- fail (printf "api.tenants.%s: rbac.scope Namespaced runs the operator for namespace %s only; a tenant in another namespace would get FineTuneJobs nobody runs" $namespace $.Release.Namespace) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
