@@ -552,6 +552,15 @@ def test_api_objects(rendered: dict[str, Rendered]) -> None:
     assert "service/kubetune-api:8000" in r.notes and "team-a, team-b" in r.notes
 
 
+def test_api_helm_test_hook_checks_its_healthz(rendered: dict[str, Rendered]) -> None:
+    hooks = {pod["metadata"]["name"]: pod for pod in rendered["api"].hooks}
+    pod = hooks[f"{RELEASE}-test-api-healthz"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    _assert_restricted(pod["spec"])
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["containers"][0]["command"][-1] == f"http://{API}.{RELEASE_NAMESPACE}.svc:8000/healthz"
+
+
 def test_api_pod_meets_the_restricted_pod_security_standard(rendered: dict[str, Rendered]) -> None:
     pod = _api(rendered["api"], "Deployment")["spec"]["template"]["spec"]
     _assert_restricted(pod)
