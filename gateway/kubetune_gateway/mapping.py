@@ -13,6 +13,7 @@ The mappings the OpenAI API leaves open are decided here and documented in docs/
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -39,6 +40,7 @@ AUTO: Final = "auto"
 BASE_LEARNING_RATE = TrainingSpec.model_fields["learning_rate"].default
 MAX_BATCH_SIZE = 256  # OpenAI's upper bound
 SEED_MAX = 2**31 - 1
+_SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 
 OpenAIStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 STATUS_OF_PHASE: dict[Phase, OpenAIStatus] = {
@@ -117,7 +119,7 @@ class CreateJobRequest(_Request):
     model: str = Field(min_length=1, max_length=256)
     training_file: str = Field(min_length=1)
     validation_file: str | None = None
-    suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    suffix: str | None = Field(default=None, max_length=64)
     seed: StrictInt | None = Field(default=None, ge=0, le=SEED_MAX)
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
@@ -129,6 +131,13 @@ class CreateJobRequest(_Request):
     def _file_id(cls, value: str | None) -> str | None:
         if value is not None and not is_file_id(value):
             raise ValueError(f"{value!r} is not a file id (file-...) returned by POST /v1/files")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, value: str | None) -> str | None:
+        if value is not None and not _SUFFIX_RE.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it becomes part of the model name)")
         return value
 
     @field_validator("integrations")
