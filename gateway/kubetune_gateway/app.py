@@ -66,6 +66,14 @@ JOBS, FILES, TOKENS, CONFIG, POOL, MAX_UPLOAD = (
 )
 
 
+# What the auth middleware found, for the handlers.
+NAMESPACE, TENANT, SERVED = (
+    web.RequestKey("namespace", str),
+    web.RequestKey("tenant", Tenant),
+    web.RequestKey("config", GatewayConfig),
+)
+
+
 def _json(body: JSON, status: int = 200) -> web.Response:
     return web.json_response(body, status=status)
 
@@ -110,7 +118,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 f"Namespace {namespace} has no tenant entry in the server's configuration; ask the administrator.",
                 code="tenant_not_configured",
             )
-        request["namespace"], request["tenant"], request["config"] = namespace, tenant, config
+        request[NAMESPACE], request[TENANT], request[SERVED] = namespace, tenant, config
     return await handler(request)
 
 
@@ -150,7 +158,7 @@ async def _receive_upload(request: web.Request, scratch: Path) -> tuple[str | No
 
 
 async def create_file(request: web.Request) -> web.Response:
-    tenant: Tenant = request["tenant"]
+    tenant = request[TENANT]
     with tempfile.TemporaryDirectory(prefix="kubetune-api-") as tmp:
         scratch = Path(tmp) / "upload.jsonl"
         purpose, filename, size = await _receive_upload(request, scratch)
@@ -169,13 +177,13 @@ async def create_file(request: web.Request) -> web.Response:
             format=checked.format,
         )
         await request.app[FILES].put(tenant, record, scratch)
-    log.info("stored %s (%s, %d rows) for %s", record.id, record.filename, checked.rows, request["namespace"])
+    log.info("stored %s (%s, %d rows) for %s", record.id, record.filename, checked.rows, request[NAMESPACE])
     return _json(mapping.file_object(record))
 
 
 async def _file(request: web.Request) -> FileRecord:
     file_id = request.match_info["file_id"]
-    record = await request.app[FILES].record(request["tenant"], file_id) if is_file_id(file_id) else None
+    record = await request.app[FILES].record(request[TENANT], file_id) if is_file_id(file_id) else None
     if record is None:
         raise not_found(f"No such File object: {file_id}", "file_id")
     return record
@@ -187,13 +195,13 @@ async def list_files(request: web.Request) -> web.Response:
     if order not in ("asc", "desc"):
         raise invalid(f"Invalid value for 'order': {order!r}; expected 'asc' or 'desc'", "order")
     limit = mapping.parse_limit(request.query.get("limit"), 10_000, 10_000)
-    ids = await request.app[FILES].file_ids(request["tenant"])
+    ids = await request.app[FILES].file_ids(request[TENANT])
     if purpose is not None and purpose != PURPOSE:
         ids = []  # only fine-tune files are ever stored here
     if order == "asc":
         ids.reverse()
     listed = mapping.page([{"id": file_id} for file_id in ids], request.query.get("after"), limit)
-    records = await asyncio.gather(*(request.app[FILES].record(request["tenant"], i["id"]) for i in listed["data"]))
+    records = await asyncio.gather(*(request.app[FILES].record(request[TENANT], i["id"]) for i in listed["data"]))
     listed["data"] = [mapping.file_object(r) for r in records if r is not None]  # None: deleted meanwhile
     return _json(listed)
 
@@ -204,14 +212,14 @@ async def get_file(request: web.Request) -> web.Response:
 
 async def file_content(request: web.Request) -> web.Response:
     record = await _file(request)
-    body = await request.app[FILES].content(request["tenant"], record.id)
+    body = await request.app[FILES].content(request[TENANT], record.id)
     return web.Response(body=body, content_type="application/octet-stream")
 
 
 async def delete_file(request: web.Request) -> web.Response:
     record = await _file(request)
-    await request.app[FILES].delete(request["tenant"], record.id)
-    log.info("deleted %s for %s", record.id, request["namespace"])
+    await request.app[FILES].delete(request[TENANT], record.id)
+    log.info("deleted %s for %s", record.id, request[NAMESPACE])
     return _json({"id": record.id, "object": "file", "deleted": True})
 
 
@@ -226,7 +234,7 @@ async def _body(request: web.Request) -> Any:
 
 
 async def create_job(request: web.Request) -> web.Response:
-    namespace, tenant, config = request["namespace"], request["tenant"], request["config"]
+    namespace, tenant, config = request[NAMESPACE], request[TENANT], request[SERVED]
     body = await _body(request)
     job = mapping.parse_create_request(body)
     model_uri = config.catalog.get(job.model)
@@ -251,7 +259,7 @@ async def create_job(request: web.Request) -> web.Response:
 
 async def _job(request: web.Request) -> JSON:
     job_id = request.match_info["job_id"]
-    found = await request.app[JOBS].get(request["namespace"], job_id) if is_job_id(job_id) else None
+    found = await request.app[JOBS].get(request[NAMESPACE], job_id) if is_job_id(job_id) else None
     if found is None:
         raise not_found(f"No such fine-tuning job: {job_id}", "fine_tuning_job_id")
     return found
@@ -259,7 +267,7 @@ async def _job(request: web.Request) -> JSON:
 
 async def list_jobs(request: web.Request) -> web.Response:
     limit = mapping.parse_limit(request.query.get("limit"), 20, 100)
-    jobs = mapping.newest_first(await request.app[JOBS].list_all(request["namespace"]))
+    jobs = mapping.newest_first(await request.app[JOBS].list_all(request[NAMESPACE]))
     return _json(mapping.page([mapping.job_object(j) for j in jobs], request.query.get("after"), limit))
 
 
@@ -272,15 +280,15 @@ async def cancel_job(request: web.Request) -> web.Response:
     if not mapping.is_cancellable(found):
         state = mapping.job_object(found)["status"]
         raise invalid(f"Job has already completed ({state}); it cannot be cancelled.", None, "job_not_cancellable")
-    patched = await request.app[JOBS].cancel(request["namespace"], found["metadata"]["name"])
-    log.info("cancel requested for %s/%s", request["namespace"], found["metadata"]["name"])
+    patched = await request.app[JOBS].cancel(request[NAMESPACE], found["metadata"]["name"])
+    log.info("cancel requested for %s/%s", request[NAMESPACE], found["metadata"]["name"])
     return _json(mapping.job_object(patched))
 
 
 async def list_events(request: web.Request) -> web.Response:
     found = await _job(request)
     limit = mapping.parse_limit(request.query.get("limit"), 20, 100)
-    events = await request.app[JOBS].events(request["namespace"], found["metadata"]["name"])
+    events = await request.app[JOBS].events(request[NAMESPACE], found["metadata"]["name"])
     return _json(mapping.page(mapping.job_events(found, events), request.query.get("after"), limit))
 
 
