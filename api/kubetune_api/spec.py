@@ -449,6 +449,14 @@ class FineTuneJobSpec(_Model):
         "Identity) instead of storage.credentialsSecret. Its API token is still not mounted.",
     )
     suspend: bool = Field(default=False, description="Create the trainer Job suspended; set false to start.")
+    cancel: bool = Field(
+        default=False,
+        description="Set true to stop the job for good and keep the object (like Tekton's spec.status: Cancelled): "
+        "a running trainer gets SIGTERM and checkpoints, the preflight and trainer Jobs are removed, and the "
+        "phase becomes Cancelled with status (checkpoints, artifacts) kept until ttlSecondsAfterFinished. "
+        "Cancelled is terminal: setting it back to false changes nothing. Deleting the FineTuneJob also "
+        "cancels it, and removes it.",
+    )
     queue_name: str | None = Field(
         default=None, max_length=253, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name)."
     )

@@ -96,6 +96,14 @@ class ConditionType(StrEnum):
     # True when the trainer turned packing off because this architecture lets packed rows see
     # each other (a Warning): the run pads instead, which is correct but slower.
     PACKING_DISABLED = "PackingDisabled"
+    # True once spec.cancel stopped the job. Its own type, not Failed: a cancellation is the
+    # user's choice, not an error, so `kubectl wait --for=condition=Failed` and the failure
+    # alerts stay about failures (as batch/v1 keeps Suspended apart from Failed).
+    CANCELLED = "Cancelled"
+
+
+# The reason of the Cancelled condition and of its Event (the delete path posts the same Event).
+USER_CANCELLED = "UserCancelled"
 
 
 class Condition(_Status):
@@ -224,12 +232,12 @@ class FineTuneJobStatus(_Status):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="metav1.Conditions: SpecValid, SpecApplied, DataValidated, Admitted, Suspended, "
-        "Unschedulable, Running, CheckpointSaved, PackingDisabled, Complete, Failed.",
+        "Unschedulable, Running, CheckpointSaved, PackingDisabled, Complete, Failed, Cancelled.",
     )
     accepted_spec: FineTuneJobSpec | None = Field(
         default=None,
-        description="The spec that runs, defaults filled in, frozen at admission: only suspend, backoffLimit, "
-        "activeDeadlineSeconds and ttlSecondsAfterFinished follow later edits.",
+        description="The spec that runs, defaults filled in, frozen at admission: only suspend, cancel, "
+        "backoffLimit, activeDeadlineSeconds and ttlSecondsAfterFinished follow later edits.",
     )
     preflight: PreflightStatus | None = Field(default=None, description="The preflight Job's report.")
     progress: ProgressStatus | None = Field(default=None, description="Live training progress.")

@@ -160,6 +160,11 @@ class Controller:
             await self.kube.set_job_suspended(namespace, job_name, suspended)
         for job_name in decision.delete_jobs:
             await self.kube.delete_job(namespace, job_name)
+        if decision.delete_children:
+            # Before the status write: if a delete fails, the job is not yet Cancelled and the
+            # next reconcile deletes again (a Cancelled job is never reconciled into action).
+            removed = await self.kube.delete_children(namespace, name)
+            log.info("%s/%s cancelled: removed %d children", namespace, name, removed)
 
         new = decision.status.to_wire()
         patch = merge_patch(old, new)

@@ -13,7 +13,7 @@ Lifecycle:
     Pending ─► Validating (CPU preflight Job) ─► Queued | Suspended ─► Initializing
       ─► Running ─► Exporting ─► Succeeded
     any ─► Failed (reason) ; infrastructure failures ─► a new attempt (resumes from the
-    latest checkpoint) while attempts <= backoffLimit ; deletion ─► Cancelled
+    latest checkpoint) while attempts <= backoffLimit ; spec.cancel or deletion ─► Cancelled
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from kubetune_api.protocol import FailureReason, PreflightReport, ProgressReport
 from kubetune_api.spec import FineTuneJobSpec
 from kubetune_api.status import (
     TERMINAL_PHASES,
+    USER_CANCELLED,
     ConditionType,
     ErrorStatus,
     FineTuneJobStatus,
@@ -52,7 +53,7 @@ C = ConditionType
 
 # Fields that may change while a job runs (as for batch/v1 Job); everything else is frozen
 # at acceptance: a running job keeps training what it was accepted with.
-MUTABLE_FIELDS = frozenset({"suspend", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"})
+MUTABLE_FIELDS = frozenset({"suspend", "cancel", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"})
 _MUTABLE_ATTRIBUTES = [name for name, info in FineTuneJobSpec.model_fields.items() if info.alias in MUTABLE_FIELDS]
 
 
@@ -89,6 +90,7 @@ class Decision:
     attempt_deadline_seconds: int | None = None
     suspend: dict[str, bool] = field(default_factory=dict)
     delete_jobs: list[str] = field(default_factory=list)
+    delete_children: bool = False  # every Job, Service and ConfigMap of the FineTuneJob (cancellation)
     events: list[Event] = field(default_factory=list)
     delete_self: bool = False
     requeue_after: float | None = None
@@ -150,6 +152,8 @@ def decide(snapshot: Snapshot, settings: OperatorSettings) -> Decision:
     draft = _Draft(snapshot, settings)
     if draft.old_phase in TERMINAL_PHASES:
         return _after_finish(draft)
+    if _cancel_requested(snapshot):
+        return _cancel(draft)
     spec = _admit(draft)
     if spec is None:
         return draft.decision
@@ -167,6 +171,30 @@ def _after_finish(draft: _Draft) -> Decision:
         remaining = None
     draft.decision.requeue_after = remaining
     return draft.decision
+
+
+def _cancel_requested(snapshot: Snapshot) -> bool:
+    """spec.cancel, read from the live spec as the API holds it: a cancel must stop the job even
+    when the same edit made another field invalid (the CRD schema guarantees it is a boolean)."""
+    return snapshot.spec.get("cancel") is True
+
+
+def _cancel(draft: _Draft) -> Decision:
+    """Stop for good and keep the object: the trainer's pods get SIGTERM (and checkpoint) as their
+    Job is deleted; status (checkpoints, artifacts, progress) stays as it was for people and the
+    API to read, until ttlSecondsAfterFinished."""
+    draft.decision.delete_children = True
+    message = "spec.cancel is true: the job stopped and its Jobs, Services and ConfigMaps were removed"
+    draft.status.phase = Phase.CANCELLED
+    draft.status.message = message
+    if draft.status.completion_time is None:
+        draft.status.completion_time = draft.now
+    draft.condition(C.CANCELLED, True, USER_CANCELLED, message)
+    draft.clear_condition(C.RUNNING, USER_CANCELLED, "the job was cancelled")
+    draft.clear_condition(C.SUSPENDED, USER_CANCELLED, "the job was cancelled")
+    draft.clear_condition(C.UNSCHEDULABLE, USER_CANCELLED, "the job was cancelled")
+    draft.event("Normal", USER_CANCELLED, message)
+    return draft.finish_terminal()
 
 
 def _ttl_remaining(snapshot: Snapshot, status: FineTuneJobStatus) -> float | None:

@@ -4,6 +4,7 @@
   FineTuneJob, and wake that job's loop when one changes.
 - One daemon per FineTuneJob runs its reconcile loop (observe, decide, apply, sleep).
 - The delete handler (behind kopf's finalizer) cancels: it stops and removes the children.
+  (spec.cancel stops a job and keeps it: that is a decision in decide.py, applied by the loop.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 import kopf
 
 from kubetune_api.spec import API_GROUP, API_VERSION, PLURAL
-from kubetune_api.status import TERMINAL_PHASES, FineTuneJobStatus, Phase
+from kubetune_api.status import TERMINAL_PHASES, USER_CANCELLED, FineTuneJobStatus, Phase
 from kubetune_operator.controller import Controller
 from kubetune_operator.manifests import LABEL_JOB
 from kubetune_operator.settings import OperatorSettings
@@ -133,7 +134,7 @@ async def cancel(namespace: str | None, name: str, body: kopf.Body, status: Any,
         kopf.event(
             body,
             type="Normal",
-            reason="UserCancelled",
+            reason=USER_CANCELLED,
             message="the FineTuneJob was deleted; stopping the trainer and removing its children",
         )
         controller.metrics.observe_phase(key, phase, Phase.CANCELLED, None)

@@ -49,3 +49,5 @@ def test_explain_shows_the_models_descriptions(kube_api: RunningApiServer, tmp_p
     assert "DatasetInvalid" in reason
     learning_rate = explain(kube_api, tmp_path, "ftj.spec.training.learningRate")
     assert "Peak learning rate" in learning_rate
+    cancel = " ".join(explain(kube_api, tmp_path, "ftj.spec.cancel").split())
+    assert "stop the job for good and keep the object" in cancel and "Cancelled is terminal" in cancel

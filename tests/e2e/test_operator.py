@@ -239,6 +239,42 @@ def test_delete_cancels_the_trainer_and_removes_children(
     assert ("Normal", "UserCancelled") in kube.events("cancelled")
 
 
+def test_spec_cancel_stops_the_trainer_and_keeps_the_job_cancelled(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
+) -> None:
+    """What OpenAI's cancel endpoint needs: the job stops for good and can still be read."""
+    kube.apply(finetunejob("stopped", staged["bucket"], staged["endpoint"], training=LONG))
+    running = running_trainer(cluster, kube, "stopped")
+    (pod,) = trainer_pods(cluster, "stopped")
+    kube.patch_spec("stopped", {"cancel": True})  # a JSON merge patch, as `kubectl patch --type merge`
+    status = kube.wait_phase("stopped", {"Cancelled", "Succeeded", "Failed"}, 60, operator.check_alive)
+    assert status.phase == "Cancelled", status
+    cancelled = conditions(status)["Cancelled"]
+    assert (cancelled.status, cancelled.reason, cancelled.observed_generation) == ("True", "UserCancelled", 2)
+    assert "Failed" not in conditions(status) and status.error is None
+    assert status.completion_time is not None
+    assert [c.step for c in status.checkpoints][: len(running.checkpoints)] == [c.step for c in running.checkpoints]
+    wait_for(lambda: kube.children("stopped") == [], 30, "children to go", operator.check_alive)
+    wait_for(lambda: cluster.pods("kubetune.io/finetunejob=stopped") == [], 60, "pods to go")
+    # The trainer got SIGTERM (not SIGKILL) and checkpointed on its way out.
+    log = cluster.log(pod["metadata"]["name"])
+    assert "SIGTERM" in log or "Preempted" in log, log[-2000:]
+    assert ("Normal", "UserCancelled") in kube.events("stopped")
+    assert kube.get("stopped") is not None  # still there for `kubectl get` and the API to read
+
+    # Terminal: un-cancelling is seen (observedGeneration moves) and changes nothing.
+    kube.patch_spec("stopped", {"cancel": False})
+
+    def seen_generation_3() -> FineTuneJobStatus | None:
+        latest = kube.status("stopped")
+        return latest if latest.observed_generation == 3 else None
+
+    status = wait_for(seen_generation_3, 30, "generation 3 to be seen", operator.check_alive)
+    assert status.phase == "Cancelled" and kube.jobs("stopped") == []
+    metrics = operator.metrics()
+    assert 'to_phase="Cancelled"' in metrics and 'kubetune_finetunejobs{phase="Cancelled"} 1.0' in metrics
+
+
 def test_suspend_stops_the_trainer_and_resume_continues_from_its_checkpoint(
     kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str]
 ) -> None:

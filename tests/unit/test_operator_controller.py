@@ -1,4 +1,4 @@
-"""The controller's error path: a failing API call is counted, logged and retried, never fatal."""
+"""The controller: a failing API call is counted, logged and retried, never fatal; a cancel is applied in order."""
 
 from __future__ import annotations
 
@@ -47,3 +47,42 @@ def test_a_failed_api_call_is_counted_and_retried_without_writing_status() -> No
     assert metrics.registry.get_sample_value("kubetune_reconcile_errors_total") == 1
     # The preflight could not be created: status must not claim it was, and no Event says so.
     assert kube.calls == ["create ConfigMap"] and events == []
+
+
+class RecordingKube:
+    """Stands in for Kube: every call succeeds and is recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.patches: list[dict[str, Any]] = []
+
+    async def delete_children(self, namespace: str, owner: str) -> int:
+        self.calls.append(f"delete children of {namespace}/{owner}")
+        return 2
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.calls.append("patch status")
+        self.patches.append(patch)
+
+    def close(self) -> None:
+        pass
+
+
+def test_cancel_removes_the_children_before_the_status_says_cancelled_and_counts_the_transition() -> None:
+    kube = RecordingKube()
+    metrics = OperatorMetrics()
+    controller = Controller(OperatorSettings(), kube, metrics)  # type: ignore[arg-type]
+    body = {
+        "metadata": {"name": "ft", "namespace": "team", "uid": "u", "generation": 2},
+        "spec": {"cancel": True},  # the rest of the spec does not matter to a cancel
+        "status": {"phase": "Running"},
+    }
+    events: list[tuple[str, str, str]] = []
+    asyncio.run(controller.reconcile(body, [], [], lambda *event: events.append(event)))
+    assert kube.calls == ["delete children of team/ft", "patch status"]
+    assert kube.patches[0]["phase"] == "Cancelled"
+    assert [event[:2] for event in events] == [("Normal", "UserCancelled")]
+    transitions = {"from_phase": "Running", "to_phase": "Cancelled"}
+    assert metrics.registry.get_sample_value("kubetune_finetunejob_phase_transitions_total", transitions) == 1
+    assert metrics.registry.get_sample_value("kubetune_finetunejobs", {"phase": "Cancelled"}) == 1
+    assert metrics.registry.get_sample_value("kubetune_finetunejob_failures_total", {"reason": "UserCancelled"}) is None

@@ -742,6 +742,79 @@ def test_immutable_changes_are_ignored_with_a_condition_and_mutable_ones_apply()
     assert "of 8" in next(e.message for e in retried.events if e.reason == "Retrying")  # backoffLimit 7 applies
 
 
+# -- cancellation (spec.cancel) ------------------------------------------------------------------
+
+
+def running(raw: JSON) -> FineTuneJobStatus:
+    """The status of a job training at step 40 with a checkpoint."""
+    return decide(snap(raw, accepted(raw), jobs=(kjob(),), pods=(kpod(),), progress=progress()), SETTINGS).status
+
+
+def test_cancel_stops_a_running_job_and_keeps_its_status() -> None:
+    status = running(spec())
+    plan = decide(snap(spec(cancel=True), status, jobs=(kjob(active=1),), pods=(kpod(),), generation=2), SETTINGS)
+    assert plan.status.phase == Phase.CANCELLED
+    assert plan.delete_children  # the trainer Job goes: its pod gets SIGTERM and checkpoints
+    assert plan.create_attempt is None and not plan.create_preflight and plan.suspend == {}
+    cancelled = conditions(plan)["Cancelled"]
+    assert (cancelled.status, cancelled.reason, cancelled.observed_generation) == ("True", "UserCancelled", 2)
+    assert (conditions(plan)["Running"].status, conditions(plan)["Running"].reason) == ("False", "UserCancelled")
+    assert "Failed" not in conditions(plan) and plan.status.error is None  # a choice, not a failure
+    assert [(e.type, e.reason) for e in plan.events] == [("Normal", "UserCancelled")]
+    assert plan.status.completion_time == NOW
+    assert plan.status.checkpoints == status.checkpoints and plan.status.checkpoints  # kept for resuming elsewhere
+    assert plan.status.progress == status.progress and plan.status.metrics == status.metrics
+    assert plan.requeue_after == 604_800  # ttlSecondsAfterFinished applies
+
+
+def test_cancelled_is_terminal_and_cancel_false_changes_nothing() -> None:
+    cancelled = decide(snap(spec(cancel=True), running(spec()), jobs=(kjob(active=1),), pods=(kpod(),)), SETTINGS)
+    again = decide(snap(spec(cancel=True), cancelled.status, now=NOW + timedelta(seconds=5)), SETTINGS)
+    assert again.status == cancelled.status and not again.events and not again.delete_children
+    undone = decide(snap(spec(cancel=False), cancelled.status, generation=3), SETTINGS)
+    assert undone.status.phase == Phase.CANCELLED and undone.create_attempt is None and not undone.events
+    assert undone.status.completion_time == NOW
+
+
+def test_cancel_follows_the_ttl_of_the_live_spec() -> None:
+    cancelled = decide(snap(spec(cancel=True), running(spec())), SETTINGS).status
+    raw = spec(cancel=True, ttlSecondsAfterFinished=60)
+    expired = decide(snap(raw, cancelled, now=NOW + timedelta(seconds=61)), SETTINGS)
+    assert expired.delete_self
+
+
+@pytest.mark.parametrize("phase", [None, Phase.VALIDATING, Phase.SUSPENDED])
+def test_cancel_before_training_creates_nothing_more(phase: Phase | None) -> None:
+    raw = spec(suspend=phase == Phase.SUSPENDED)
+    jobs: tuple[JobView, ...] = ()
+    before: FineTuneJobStatus | None = None  # not even admitted yet
+    if phase == Phase.VALIDATING:
+        before, jobs = decide(snap(raw), SETTINGS).status, (kjob("preflight", None, active=1),)
+    elif phase == Phase.SUSPENDED:
+        jobs = (kjob(suspended=True),)
+        before = decide(snap(raw, accepted(raw), jobs=jobs), SETTINGS).status
+        assert conditions(Decision(before))["Suspended"].status == "True"
+    assert (before.phase if before else None) == phase
+    plan = decide(snap(raw | {"cancel": True}, before, jobs=jobs), SETTINGS)
+    assert plan.status.phase == Phase.CANCELLED
+    assert plan.delete_children and plan.create_attempt is None and not plan.create_preflight
+    assert "Suspended" not in conditions(plan) or conditions(plan)["Suspended"].status == "False"
+
+
+def test_cancel_applies_even_when_the_same_edit_breaks_another_field() -> None:
+    status = running(spec())
+    plan = decide(snap(spec(cancel=True, lora={"r": 0}), status, jobs=(kjob(active=1),), generation=2), SETTINGS)
+    assert plan.status.phase == Phase.CANCELLED and plan.delete_children
+
+
+def test_cancel_after_success_changes_nothing() -> None:
+    raw = spec()
+    done = accepted(raw, phase=Phase.SUCCEEDED, completion_time=NOW - timedelta(seconds=30))
+    plan = decide(snap(spec(cancel=True), done, generation=2), SETTINGS)
+    assert plan.status.phase == Phase.SUCCEEDED and not plan.delete_children and not plan.events
+    assert "Cancelled" not in conditions(plan)
+
+
 # -- finished jobs -------------------------------------------------------------------------------
 
 
