@@ -423,12 +423,13 @@ def newest_first(ftjs: list[JSON]) -> list[JSON]:
 # -- Events -> fine_tuning.job.event ---------------------------------------------------------------
 
 
-def _event_time(event: JSON) -> int:
+def _event_moment(event: JSON) -> datetime | None:
+    """When an Event last happened, at the precision it has (eventTime carries microseconds)."""
     for key in ("eventTime", "lastTimestamp", "firstTimestamp"):
-        moment = _unix_text(event.get(key))
+        moment = parse_rfc3339(event.get(key))
         if moment is not None:
             return moment
-    return _unix_text(event.get("metadata", {}).get("creationTimestamp")) or 0
+    return parse_rfc3339(event.get("metadata", {}).get("creationTimestamp"))
 
 
 def about_job(event: JSON, ftj: JSON) -> bool:
@@ -447,7 +448,7 @@ def event_object(event: JSON) -> JSON:
     return {
         "id": f"ftevent-{meta.get('uid') or meta.get('name')}",
         "object": "fine_tuning.job.event",
-        "created_at": _event_time(event),
+        "created_at": _unix(_event_moment(event)) or 0,
         "level": "warn" if event.get("type") == "Warning" else "info",
         "message": f"{reason}: {message}" if reason and message else reason or message,
         "type": "message",
@@ -491,9 +492,18 @@ def synthetic_events(ftj: JSON) -> list[JSON]:
 
 
 def job_events(ftj: JSON, events: list[JSON]) -> list[JSON]:
-    """The job's events, newest first, as OpenAI lists them."""
-    mine = [event_object(e) for e in events if about_job(e, ftj)]
-    return sorted([*synthetic_events(ftj), *mine], key=lambda e: (e["created_at"], e["id"]), reverse=True)
+    """The job's events, newest first, as OpenAI lists them.
+
+    Ordered by time at full precision (many Events share a second); within a tie the creation
+    comes first and the API's own order is kept.
+    """
+    created, *metrics = synthetic_events(ftj)
+    keyed: list[tuple[float, int, int, JSON]] = [(float(created["created_at"]), 0, 0, created)]
+    for index, event in enumerate(e for e in events if about_job(e, ftj)):
+        moment = _event_moment(event)
+        keyed.append((moment.timestamp() if moment else 0.0, 1, index, event_object(event)))
+    keyed += [(float(m["created_at"]), 2, 0, m) for m in metrics]
+    return [obj for *_, obj in sorted(keyed, key=lambda k: k[:3], reverse=True)]
 
 
 # -- status.checkpoints -> fine_tuning.job.checkpoint ----------------------------------------------

@@ -508,6 +508,26 @@ def test_events_are_the_jobs_own_newest_first_with_synthetic_creation_and_metric
     assert all(e["object"] == "fine_tuning.job.event" for e in listed)
 
 
+def test_events_in_one_second_keep_their_order_and_the_creation_stays_first() -> None:
+    def event(name: str, when: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "uid": name},
+            "involvedObject": {"kind": "FineTuneJob", "name": JOB_ID},
+            "reason": name,
+            "type": "Normal",
+            "eventTime": when,
+            "lastTimestamp": when[:19] + "Z",
+        }
+
+    events = [  # kopf's eventTime carries microseconds; lastTimestamp only seconds
+        event("Validating", "2026-12-03T10:00:00.200000Z"),
+        event("Running", "2026-12-03T10:00:00.700000Z"),
+        event("Exporting", "2026-12-03T10:00:00.900000Z"),
+    ]
+    listed = [e["id"] for e in job_events(ftj("Exporting"), events)]
+    assert listed == ["ftevent-Exporting", "ftevent-Running", "ftevent-Validating", f"ftevent-{JOB_ID}-created"]
+
+
 def test_checkpoints_newest_first_with_their_uri() -> None:
     job = ftj(
         "Running",
