@@ -291,3 +291,44 @@ def test_another_namespaces_jobs_and_files_are_404_and_never_listed() -> None:
         assert jobs.cancelled == [] and list(jobs.by_namespace) == ["team-a"]
 
     run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "config", "words"),
+    [
+        (None, CONFIG, ["tokens.json", "No such file"]),
+        ('{"sk-team-a-0123456789": "Team A"}', CONFIG, ["tokens.json: entry 1", "namespace"]),
+        (
+            json.dumps({TOKEN_A: "team-a"}),
+            "catalog: {}\ntenants: {team-a: {filesUri: 's3://team-a/f/', outputUri: 's3://team-a/o/', "
+            "defaults: {training: {epochs: many}}}}",
+            ["config.yaml: tenants.team-a", "defaults.training.epochs"],
+        ),
+    ],
+)
+def test_the_server_refuses_to_start_naming_the_bad_file_and_key(
+    tmp_path: Path, tokens: str | None, config: str, words: list[str]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    if tokens is not None:
+        (tmp_path / "tokens.json").write_text(tokens)
+    (tmp_path / "config.yaml").write_text(config)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join(str(root / d) for d in ("api", "trainer", "gateway")),
+        "KUBETUNE_API_TOKENS_FILE": str(tmp_path / "tokens.json"),
+        "KUBETUNE_API_CONFIG_FILE": str(tmp_path / "config.yaml"),
+        "KUBETUNE_API_PORT": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "kubetune_gateway.cli"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done
+    assert done.stderr.startswith("kubetune-api: cannot start:"), done.stderr
+    for word in words:
+        assert word in done.stderr, done.stderr
+    assert "sk-team-a" not in done.stderr
