@@ -81,7 +81,8 @@ class GatewayProcess:
     def __init__(self, kubeconfig: Path, work: Path, endpoint: str) -> None:
         self.port = free_port()
         self.log_path = work / "kubetune-api.log"
-        tokens, config = work / "tokens.json", work / "config.yaml"
+        self.tokens_path = tokens = work / "tokens.json"
+        config = work / "config.yaml"
         tokens.write_text(json.dumps({TOKEN_A: NAMESPACE, TOKEN_B: "team-b"}))
         config.write_text(json.dumps(gateway_config(endpoint)))  # JSON is YAML
         self.env = {
@@ -385,6 +386,24 @@ def test_openai_client_files_jobs_events_checkpoints_cancel_and_errors(
         "client.fine_tuning.jobs.retrieve('ftjob-doesnotexist')",
         lambda: client.fine_tuning.jobs.retrieve("ftjob-doesnotexist"),
         openai.NotFoundError,
+    )
+
+    # -- token rotation without a restart (the Secret's new version replaces the file) ------------
+    rotated = "sk-kubetune-team-b-rotated-0123"
+    new_tokens = gateway.tokens_path.with_suffix(".new")
+    new_tokens.write_text(json.dumps({TOKEN_A: NAMESPACE, rotated: "team-b"}))
+    new_tokens.replace(gateway.tokens_path)  # a new inode, as the kubelet's symlink swap gives
+    exc = transcript.error(
+        "[tokens.json rotated: team-b's old token removed] OpenAI(api_key=<team-b's old token>).files.list()",
+        lambda: other.files.list(),
+        openai.AuthenticationError,
+    )
+    assert exc.code == "invalid_api_key"
+    renewed = openai.OpenAI(base_url=gateway.base_url, api_key=rotated, max_retries=0)
+    transcript.call(
+        "OpenAI(api_key=<team-b's new token>).files.list()",
+        lambda: renewed.files.list(),
+        lambda p: f"{[f.id for f in p.data]}",
     )
 
     deleted = transcript.call(
