@@ -18,6 +18,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 
 # =======================================================================================
 # operator: kopf, kubernetes client, pydantic, boto3. Never torch, never CUDA.
+# It also runs the OpenAI-compatible API server (`kubetune-api`, gateway/; the chart's
+# api-server Deployment sets that command): same dependencies, no torch either.
 # =======================================================================================
 FROM ${PYTHON_IMAGE} AS operator-build
 # Set only by builds behind a TLS-intercepting proxy (.ci/images mounts the host's CA bundle there);
@@ -29,15 +31,16 @@ WORKDIR /src
 # Dependencies first: a stub of the distribution (metadata only, empty source roots) installs
 # every dependency of the `operator` extra; this layer is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml ./
-RUN mkdir -p api operator trainer && touch README.md \
+RUN mkdir -p api operator trainer gateway && touch README.md \
  && pip install ".[operator]"
 # Then the source, installed over the stub without touching the dependencies.
 COPY README.md ./
 COPY api ./api
 COPY operator ./operator
 COPY trainer ./trainer
+COPY gateway ./gateway
 RUN pip install --no-deps --force-reinstall . \
- && python -c "import kubetune_operator.cli.kubetune_operator, kubetune_api.spec"
+ && python -c "import kubetune_operator.cli.kubetune_operator, kubetune_gateway.cli, kubetune_api.spec"
 
 FROM ${PYTHON_IMAGE} AS operator
 ARG DEBIAN_FRONTEND=noninteractive
@@ -58,7 +61,8 @@ WORKDIR /tmp
 VOLUME ["/tmp"]
 USER 65532:65532
 # /readyz and /metrics on 8080, kopf's /healthz (liveness) on 8081; settings from KUBETUNE_* env.
-EXPOSE 8080 8081
+# kubetune-api (the same image, another command) listens on 8000 (KUBETUNE_API_PORT).
+EXPOSE 8080 8081 8000
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["kubetune-operator", "--all-namespaces"]
 
@@ -86,7 +90,8 @@ RUN pip install "torch==${TORCH_VERSION}" \
  && python -c "import torch, sys; cpu = '${TORCH_FIND_LINKS}' == '' or torch.version.cuda is None; sys.exit(0 if cpu else 1)"
 WORKDIR /src
 COPY pyproject.toml ./
-RUN mkdir -p api operator trainer && touch README.md \
+# gateway/ stays empty here: the API server is not part of the trainer image.
+RUN mkdir -p api operator trainer gateway && touch README.md \
  && pip install ".[train,qlora]" \
  && python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 1)"
 COPY README.md ./

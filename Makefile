@@ -53,11 +53,11 @@ system-deps:
 	@.ci/system-deps
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check api operator trainer tests bench examples
-	$(BIN)/ruff format --check api operator trainer tests bench examples
+	$(BIN)/ruff check api operator trainer gateway tests bench examples
+	$(BIN)/ruff format --check api operator trainer gateway tests bench examples
 
 typecheck: $(VENV)/.dev-installed
-	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator
+	$(BIN)/mypy -p kubetune_api -p kubetune_trainer -p kubetune_operator -p kubetune_gateway
 	$(BIN)/mypy bench/train_throughput.py bench/operator_scale.py bench/gpu_report.py bench/qlora_cpu.py bench/plan_table.py bench/memory_calibration.py bench/chaos.py
 
 ## imports: import-linter contracts (pyproject.toml [tool.importlinter]): layers, independence, no cycles

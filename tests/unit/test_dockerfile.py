@@ -24,6 +24,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 PYPROJECT = ROOT / "pyproject.toml"
 
 TARGETS = {"operator": "kubetune-operator", "trainer": "kubetune-train"}
+SOURCE_ROOTS = {"api", "operator", "trainer", "gateway"}  # pyproject's [tool.setuptools.packages.find] where
 RUN_AS = "65532"
 TINI = "/usr/bin/tini"  # where Debian's and Ubuntu's tini package puts it
 
@@ -446,7 +447,7 @@ def test_dependencies_are_installed_before_the_source_is_copied(df: Dockerfile, 
             ins.line
             for ins in stage.all("COPY")
             if "from" not in ins.flags_and_rest()[0]
-            and any(src.rstrip("/") in {"api", "operator", "trainer"} for src in ins.flags_and_rest()[1].split()[:-1])
+            and any(src.rstrip("/") in SOURCE_ROOTS for src in ins.flags_and_rest()[1].split()[:-1])
         ]
         if not source_copies:
             continue
@@ -506,6 +507,24 @@ def test_operator_extra_does_not_pull_torch_transitively(pyproject: dict) -> Non
                 if sub.marker is None or sub.marker.evaluate({"extra": extra}):
                     todo.append(sub)
     assert "kopf" in seen and "torch" not in seen and "triton" not in seen, sorted(seen)
+
+
+def test_operator_image_carries_the_api_server(df: Dockerfile, pyproject: dict) -> None:
+    """kubetune-api (the chart's api-server Deployment) runs from the operator image: its source is
+    copied and installed there, its entry point is a console script, and it imports at build time."""
+    assert set(pyproject["tool"]["setuptools"]["packages"]["find"]["where"]) == SOURCE_ROOTS
+    assert pyproject["project"]["scripts"]["kubetune-api"] == "kubetune_gateway.cli:main"
+    copied = {
+        src.rstrip("/")
+        for stage in df.closure("operator")
+        for ins in stage.all("COPY")
+        if "from" not in ins.flags_and_rest()[0]
+        for src in ins.flags_and_rest()[1].split()[:-1]
+    }
+    assert copied >= SOURCE_ROOTS, copied
+    assert any("import" in c and "kubetune_gateway.cli" in c for c in run_lines(df, "operator"))
+    stubs = [c for c in run_lines(df, "operator") + run_lines(df, "trainer") if c.startswith("mkdir -p")]
+    assert stubs and all(set(c.split("&&")[0].split()[2:]) == SOURCE_ROOTS for c in stubs), stubs
 
 
 def test_operator_writes_only_to_its_tmp_volume(df: Dockerfile) -> None:
@@ -593,7 +612,7 @@ def test_dockerignore_excludes_venvs_git_and_model_caches() -> None:
 def test_dockerignore_keeps_everything_the_dockerfile_copies(df: Dockerfile) -> None:
     rules = dockerignore_rules(DOCKERIGNORE.read_text())
     sources = context_sources(df)
-    assert {"pyproject.toml", "README.md", "api", "operator", "trainer"} <= {s.rstrip("/") for s in sources}
+    assert {"pyproject.toml", "README.md", *SOURCE_ROOTS} <= {s.rstrip("/") for s in sources}
     try:
         tracked = subprocess.run(
             ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
