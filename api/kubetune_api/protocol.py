@@ -369,13 +369,21 @@ class DataQuality(WireModel):
     near_duplicate_rows: int = Field(
         description="Training rows that are not exact copies but near-duplicates of an earlier one."
     )
-    leaked_validation_rows: int = Field(description="Validation rows whose text (normalised) is also in training.")
+    leaked_validation_rows: int = Field(
+        description="Validation rows also in training: exactly, normalised or as a near-duplicate."
+    )
     empty_answers: int = Field(
         description="Completions and assistant turns with no letter, digit or symbol (e.g. '.', a zero-width space)."
     )
     rows_per_format: dict[str, int] = Field(description="Rows by the format their keys show, per row.")
     trainable_tokens: int = Field(description="Tokens that carry a label after truncation (training rows).")
     warnings: list[QualityWarning] = Field(default_factory=list, description="Findings over their thresholds.")
+
+
+def data_quality_failure(warnings: list[tuple[str, str]]) -> str:
+    """The DataQualityFailed message (operator and `kubetune run` alike): every (code, message)."""
+    listed = "; ".join(f"{code}: {message}" for code, message in warnings)
+    return f"preflight.failOnWarnings is true and the data-quality report has {len(warnings)} warning(s): {listed}"
 
 
 class PreflightReport(WireModel):

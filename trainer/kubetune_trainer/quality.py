@@ -31,8 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kubetune_api.protocol import DataQuality, QualityCode, QualityWarning, TokenLengths
+from kubetune_api.protocol import DataQuality, QualityCode, QualityWarning, TokenLengths, data_quality_failure
 from kubetune_trainer.data import Row, detect_format
+from kubetune_trainer.errors import DataQualityFailed
 
 # -- thresholds (docs/data.md#quality) ------------------------------------------------------------
 TRUNCATED_SHARE_MAX = 0.05  # more than 5 % of rows cut at maxSeqLength warns
@@ -348,7 +349,10 @@ def _warnings(
     if report.leaked_validation_rows > LEAKED_ROWS_MAX:
         row, same = duplicates.leaked[0]
         where, fix = (
-            ("dataset.validationSplit", "rows repeated in dataset.train land on both sides of the split; deduplicate it")
+            (
+                "dataset.validationSplit",
+                "rows repeated in dataset.train land on both sides of the split; deduplicate it",
+            )
             if inputs.validation_split
             else ("dataset.validation", "remove them from dataset.validation")
         )
@@ -403,3 +407,8 @@ def _warnings(
         )
     return warnings
 
+
+def enforce(quality: DataQuality | None, fail_on_warnings: bool) -> None:
+    """preflight.failOnWarnings: raise DataQualityFailed listing the warnings, when there are any."""
+    if fail_on_warnings and quality is not None and quality.warnings:
+        raise DataQualityFailed(data_quality_failure([(str(w.code), w.message) for w in quality.warnings]))
