@@ -187,8 +187,7 @@ _TABLE = [  # reason, trainer exit code, kind, retried, advice
         16,
         USER,
         False,
-        "Fix the data the warnings name (status.preflight.warnings, docs/data.md#quality), or set "
-        "preflight.failOnWarnings: false to train anyway.",
+        "Fix what status.preflight.warnings names, or set preflight.failOnWarnings: false to train anyway.",
     ),
     FailureInfo(
         R.UNSUPPORTED_MODEL,
