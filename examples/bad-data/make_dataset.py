@@ -26,12 +26,12 @@ _spec.loader.exec_module(_quickstart)
 in_words = _quickstart.in_words
 
 
-def row(n: int) -> dict[str, str]:
+def row(n: int) -> dict[str, object]:
     return {"prompt": f"{in_words(n)} =>", "completion": f" {n}"}
 
 
 def main(out: Path) -> None:
-    train = [row(n) for n in range(100, 140)]
+    train: list[dict[str, object]] = [row(n) for n in range(100, 140)]
     train += [row(n) for n in (100, 101, 102, 103)]  # exact copies
     train += [{"prompt": f"{in_words(n).upper()}!! =>", "completion": f" {n}"} for n in (104, 105, 106)]  # near
     filler = "please read the following number carefully and write it in digits " * 4
@@ -39,7 +39,7 @@ def main(out: Path) -> None:
     train += [{"prompt": "one to twenty =>", "completion": " " + " ".join(str(i) for i in range(1, 21))}]
     train += [{"prompt": "nine hundred and one =>", "completion": "."}]  # no answer
     train += [{"prompt": "nine hundred and two =>", "completion": "\u200b"}]  # a zero-width space
-    mixed = row(903) | {"messages": [{"role": "user", "content": "nine hundred and three"}]}
+    mixed: dict[str, object] = {**row(903), "messages": [{"role": "user", "content": "nine hundred and three"}]}
     train.append(mixed)  # carries both formats' keys; read as completion
     validation = [row(n) for n in range(200, 207)] + [row(n) for n in (110, 111, 112)]  # three leak
     for name, rows in (("train.jsonl", train), ("validation.jsonl", validation)):
