@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from kubetune_api.protocol import (
+    DataQuality,
     DataStats,
     FitOption,
     FitPlan,
     MemoryEstimate,
     ModelReport,
     PreflightReport,
+    QualityCode,
+    QualityWarning,
     StepPlan,
+    TokenLengths,
 )
 
 STATS = DataStats(
@@ -66,3 +70,40 @@ FIT = FitPlan(
     wall_hours=0.41,
 )
 PREFLIGHT_WITH_FIT = PREFLIGHT.model_copy(update={"fit": FIT})
+
+# A data-quality report with two warnings (kubetune_trainer.quality builds these from real rows).
+QUALITY = DataQuality(
+    train_lengths=TokenLengths(p50=130, p95=900, max=1400),
+    validation_lengths=TokenLengths(p50=120, p95=700, max=800),
+    rows=1000,
+    truncated_rows=80,
+    truncated_share=0.08,
+    dropped_rows=0,
+    duplicate_rows=3,
+    near_duplicate_rows=4,
+    leaked_validation_rows=2,
+    empty_answers=0,
+    rows_per_format={"chat": 1000},
+    trainable_tokens=60000,
+    warnings=[
+        QualityWarning(
+            code=QualityCode.TRUNCATED_ROWS,
+            message="80 of 1000 rows (8%) are longer than training.maxSeqLength=512 and are cut; "
+            "training.maxSeqLength: 960 would fit 95% of training rows (p95 900 tokens)",
+            field="training.maxSeqLength",
+            example="train.jsonl:17",
+            value=0.08,
+            threshold=0.05,
+        ),
+        QualityWarning(
+            code=QualityCode.VALIDATION_LEAKAGE,
+            message="2 validation rows are also in training (exactly, normalised or near-duplicate; e.g. "
+            "val.jsonl:4 and train.jsonl:88), so evaluation overstates the model; remove them from dataset.validation",
+            field="dataset.validation",
+            example="val.jsonl:4",
+            value=2,
+            threshold=0,
+        ),
+    ],
+)
+PREFLIGHT_WITH_QUALITY = PREFLIGHT_WITH_FIT.model_copy(update={"quality": QUALITY})

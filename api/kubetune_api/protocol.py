@@ -95,6 +95,7 @@ class FailureReason(StrEnum):
     PREFLIGHT_FAILED = "PreflightFailed"
     UNSUPPORTED_MODEL = "UnsupportedModel"
     WILL_NOT_FIT = "WillNotFit"
+    DATA_QUALITY_FAILED = "DataQualityFailed"
 
 
 # A reason, phase or status this release does not know (a newer trainer's) stays a plain
@@ -180,6 +181,13 @@ _TABLE = [  # reason, trainer exit code, kind, retried, advice
         USER,
         False,
         "Make the change status.preflight.fit.suggestion names, or set preflight.enforceFit: false to try anyway.",
+    ),
+    FailureInfo(
+        R.DATA_QUALITY_FAILED,
+        16,
+        USER,
+        False,
+        "Fix what status.preflight.warnings names, or set preflight.failOnWarnings: false to train anyway.",
     ),
     FailureInfo(
         R.UNSUPPORTED_MODEL,
@@ -309,6 +317,74 @@ class ModelReport(WireModel):
     packing: PackingDecision | None = Field(default=None, description="Packing as run (set once the model is loaded).")
 
 
+class QualityCode(StrEnum):
+    """What a data-quality warning is about; thresholds in docs/data.md#quality."""
+
+    TRUNCATED_ROWS = "TruncatedRows"
+    DROPPED_ROWS = "DroppedRows"
+    DUPLICATE_ROWS = "DuplicateRows"
+    NEAR_DUPLICATE_ROWS = "NearDuplicateRows"
+    VALIDATION_LEAKAGE = "ValidationLeakage"
+    EMPTY_ANSWERS = "EmptyAnswers"
+    MIXED_FORMATS = "MixedFormats"
+    FEW_TRAINABLE_TOKENS = "FewTrainableTokens"
+
+
+OpenQualityCode = Annotated[QualityCode | str, Field(union_mode="left_to_right")]
+
+
+class QualityWarning(WireModel):
+    """One finding of the data-quality report that crosses its documented threshold."""
+
+    code: OpenQualityCode = Field(description="What the warning is about (a QualityCode).")
+    message: str = Field(description="What was found and what to change, naming the spec field.")
+    field: str | None = Field(default=None, description="The spec field to change, e.g. training.maxSeqLength.")
+    example: str | None = Field(default=None, description="A row that shows it, as file:line.")
+    value: float | None = Field(default=None, description="The measured value (a count or a share).")
+    threshold: float | None = Field(default=None, description="The documented threshold it crossed.")
+
+
+class TokenLengths(WireModel):
+    """Tokens per row as rendered, before truncation to maxSeqLength."""
+
+    p50: int = Field(description="Median tokens per row.")
+    p95: int = Field(description="95th percentile of tokens per row.")
+    max: int = Field(description="Tokens in the longest row.")
+
+
+class DataQuality(WireModel):
+    """Is the data good, not only well-formed: lengths, truncation, duplicates, leakage, empty answers.
+
+    Computed by kubetune_trainer.quality from the rows and their token counts; methods and the
+    warning thresholds in docs/data.md#quality."""
+
+    train_lengths: TokenLengths = Field(description="Training rows' tokens before truncation.")
+    validation_lengths: TokenLengths | None = Field(default=None, description="The same for validation rows.")
+    rows: int = Field(description="Rows checked, train and validation.")
+    truncated_rows: int = Field(description="Rows longer than maxSeqLength (train and validation).")
+    truncated_share: float = Field(description="truncatedRows / rows, 0..1.")
+    dropped_rows: int = Field(description="Rows left with no trainable token after truncation.")
+    duplicate_rows: int = Field(description="Training rows identical to an earlier training row.")
+    near_duplicate_rows: int = Field(
+        description="Training rows that are not exact copies but near-duplicates of an earlier one."
+    )
+    leaked_validation_rows: int = Field(
+        description="Validation rows also in training: exactly, normalised or as a near-duplicate."
+    )
+    empty_answers: int = Field(
+        description="Completions and assistant turns with no letter, digit or symbol (e.g. '.', a zero-width space)."
+    )
+    rows_per_format: dict[str, int] = Field(description="Rows by the format their keys show, per row.")
+    trainable_tokens: int = Field(description="Tokens that carry a label after truncation (training rows).")
+    warnings: list[QualityWarning] = Field(default_factory=list, description="Findings over their thresholds.")
+
+
+def data_quality_failure(warnings: list[tuple[str, str]]) -> str:
+    """The DataQualityFailed message (operator and `kubetune run` alike): every (code, message)."""
+    listed = "; ".join(f"{code}: {message}" for code, message in warnings)
+    return f"preflight.failOnWarnings is true and the data-quality report has {len(warnings)} warning(s): {listed}"
+
+
 class PreflightReport(WireModel):
     """The preflight Job's termination message (and `kubetune validate --json`)."""
 
@@ -320,6 +396,31 @@ class PreflightReport(WireModel):
     memory: MemoryEstimate | None = Field(default=None, description="GPU memory estimate (when planning for a GPU).")
     model: ModelReport | None = Field(default=None, description="The base model's architecture, from config.json.")
     fit: FitPlan | None = Field(default=None, description="Fit and time plan (when planning for a GPU).")
+    quality: DataQuality | None = Field(default=None, description="The data-quality report and its warnings.")
+
+    def to_termination_message(self, limit: int = TERMINATION_MESSAGE_LIMIT_BYTES) -> str:
+        """Compact JSON of at most `limit` bytes that is still valid JSON (the kubelet cuts at 4096).
+
+        A report the kubelet cut would not parse, and the operator would lose the warnings that
+        preflight.failOnWarnings acts on: so warning messages are shortened first (codes, fields
+        and examples stay), then the fit plan and memory estimate are dropped."""
+        raw = self.to_wire()
+
+        def size() -> int:
+            return len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode())
+
+        warnings = raw.get("quality", {}).get("warnings", [])
+        for keep in (200, 120, 60, 0):
+            if size() <= limit:
+                break
+            for warning in warnings:
+                if len(warning["message"]) > keep:
+                    warning["message"] = warning["message"][:keep] + "…" if keep else ""
+        for optional in ("fit", "memory", "model"):
+            if size() <= limit:
+                break
+            raw.pop(optional, None)
+        return json.dumps(raw, separators=(",", ":"), ensure_ascii=False)
 
 
 # -- the run summary (termination message) -------------------------------------------------------

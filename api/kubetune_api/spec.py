@@ -423,6 +423,13 @@ class PreflightSpec(_Model):
         "GPU is requested; status.preflight.fit names the cheapest change that would fit. The estimate is "
         "about ±30%: set false to try anyway.",
     )
+    fail_on_warnings: bool = Field(
+        default=False,
+        description="Fail the job (reason DataQualityFailed, not retried) when the preflight's data-quality "
+        "report has warnings (truncated or dropped rows, duplicates, validation rows also in training, empty "
+        "answers, mixed formats, few trainable tokens; thresholds in docs/data.md), before any GPU is requested. "
+        "False: the warnings are only reported, in status.preflight.warnings and as Warning Events.",
+    )
 
 
 class FineTuneJobSpec(_Model):

@@ -141,6 +141,38 @@ class FitStatus(_Status):
     currency: str | None = Field(default=None, description="Currency of estimatedCost (the operator's setting).")
 
 
+class DataQualityStatus(_Status):
+    """The preflight's data-quality numbers (methods and thresholds in docs/data.md#quality)."""
+
+    p50_row_tokens: int | None = Field(default=None, description="Median tokens per training row, before truncation.")
+    p95_row_tokens: int | None = Field(default=None, description="95th percentile of the same.")
+    max_row_tokens: int | None = Field(
+        default=None, description="Tokens in the longest training row, before truncation."
+    )
+    truncated_share: float | None = Field(default=None, description="Share of rows cut at maxSeqLength, 0..1.")
+    duplicate_rows: int | None = Field(default=None, description="Training rows repeating an earlier one exactly.")
+    near_duplicate_rows: int | None = Field(
+        default=None, description="Training rows nearly repeating an earlier one (normalised text or MinHash)."
+    )
+    leaked_validation_rows: int | None = Field(default=None, description="Validation rows also in training.")
+    empty_answers: int | None = Field(
+        default=None, description="Rows with a completion or assistant turn without a letter, digit or symbol."
+    )
+    rows_per_format: dict[str, int] | None = Field(default=None, description="Rows by the format their keys show.")
+
+
+class PreflightWarning(_Status):
+    """A data-quality finding over its documented threshold (also posted as a Warning Event)."""
+
+    code: str = Field(
+        description="What it is about: TruncatedRows, DroppedRows, DuplicateRows, NearDuplicateRows, "
+        "ValidationLeakage, EmptyAnswers, MixedFormats or FewTrainableTokens."
+    )
+    message: str = Field(default="", max_length=1024, description="What was found and what to change.")
+    field: str | None = Field(default=None, description="The spec field to change, e.g. training.maxSeqLength.")
+    example: str | None = Field(default=None, description="A row that shows it, as file:line.")
+
+
 class PreflightStatus(_Status):
     """What the CPU preflight Job found, before any GPU was requested."""
 
@@ -161,6 +193,11 @@ class PreflightStatus(_Status):
         description="Fits or MayNotFit, against the GPU type's memory, else the operator's KUBETUNE_GPU_MEMORY_GIB.",
     )
     fit: FitStatus | None = Field(default=None, description="Fit, time and cost plan for the job's GPUs.")
+    quality: DataQualityStatus | None = Field(default=None, description="The data-quality report's numbers.")
+    warnings: list[PreflightWarning] | None = Field(
+        default=None,
+        description="Data-quality findings over their thresholds; spec.preflight.failOnWarnings fails the job on any.",
+    )
 
 
 class ProgressStatus(_Status):

@@ -22,6 +22,7 @@ from kubetune_api.spec import (
     FineTuneJob,
     LoRASpec,
     OutputSpec,
+    PreflightSpec,
     ResourcesSpec,
     StorageSpec,
     TrainingSpec,
@@ -78,6 +79,8 @@ class TrainerConfig(BaseModel):
     storage: StorageSpec
     # The hardware the job asks for: the preflight plans memory, fit and time for it.
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    # failOnWarnings: `kubetune run` and a trainer started without the operator's preflight gate too.
+    preflight: PreflightSpec = Field(default_factory=PreflightSpec)
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)
 
     def to_json(self) -> str:
@@ -126,6 +129,7 @@ def trainer_config_from_job(
         output=output,
         storage=spec.storage,
         resources=spec.resources,
+        preflight=spec.preflight,
         runtime=runtime or RuntimeOptions(),
     )
 

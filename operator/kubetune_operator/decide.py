@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubetune_api.protocol import FailureReason, PreflightReport, ProgressReport, RunSummary
+from kubetune_api.protocol import FailureReason, PreflightReport, ProgressReport, RunSummary, data_quality_failure
 from kubetune_api.spec import FineTuneJobSpec
 from kubetune_api.status import (
     TERMINAL_PHASES,
@@ -294,6 +294,8 @@ def _preflight(draft: _Draft, spec: FineTuneJobSpec) -> bool:
     draft.status.preflight = report
     if isinstance(outcome.report, PreflightReport) and outcome.report.model is not None:
         draft.status.model = model_status(outcome.report.model)  # the architecture, before any GPU
+    if not _data_quality(draft, spec):
+        return False
     rows, tokens, steps = (report.train_rows, report.train_tokens, report.estimated_steps) if report else (0, 0, 0)
     message = f"{rows} training rows, {tokens} tokens, {steps} steps planned"
     draft.condition(C.DATA_VALIDATED, True, "Validated", message)
@@ -333,6 +335,30 @@ def _preflight(draft: _Draft, spec: FineTuneJobSpec) -> bool:
             f"estimated {(report.estimated_gpu_memory_bytes or 0) / 2**30:.1f} GiB per GPU exceeds {limit}; {advice}",
         )
     return True
+
+
+def _data_quality(draft: _Draft, spec: FineTuneJobSpec) -> bool:
+    """One Warning Event per data-quality warning; False when preflight.failOnWarnings failed the job."""
+    report = draft.status.preflight
+    warnings = (report.warnings if report is not None else None) or []
+    for warning in warnings:
+        where = f" ({warning.example})" if warning.example and warning.example not in warning.message else ""
+        draft.event("Warning", "DataQualityWarning", f"{warning.code}: {warning.message}{where}")
+    if not spec.preflight.fail_on_warnings:
+        return True
+    if warnings:
+        message = data_quality_failure([(w.code, w.message) for w in warnings])
+    elif report is None or report.quality is None:
+        # Asked to gate on the report, the operator cannot tell that there is nothing to gate on.
+        message = (
+            "preflight.failOnWarnings is true but the preflight left no data-quality report (a trainer image "
+            "older than the operator?); use a trainer image that writes one, or set preflight.failOnWarnings: false"
+        )
+    else:
+        return True
+    draft.condition(C.DATA_VALIDATED, False, FailureReason.DATA_QUALITY_FAILED, message)
+    draft.fail(FailureReason.DATA_QUALITY_FAILED, message)
+    return False
 
 
 def _note_scheduling(draft: _Draft, pod: PodView | None) -> None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from kubetune_api.protocol import (
     CheckpointRecord,
+    DataQuality,
     FitOption,
     FitPlan,
     ModelReport,
@@ -24,6 +25,7 @@ from kubetune_api.spec import FineTuneJobSpec
 from kubetune_api.status import (
     ArtifactsStatus,
     CheckpointStatus,
+    DataQualityStatus,
     FineTuneJobStatus,
     FitStatus,
     MemoryFit,
@@ -31,6 +33,7 @@ from kubetune_api.status import (
     ModelStatus,
     Phase,
     PreflightStatus,
+    PreflightWarning,
     ProgressStatus,
 )
 
@@ -105,7 +108,28 @@ def preflight_status(
         out.memory_fit = MemoryFit.FITS if fits else MemoryFit.MAY_NOT_FIT
     if report.fit is not None and spec.resources.gpus > 0:
         out.fit = fit_status(report.fit, price_of, currency)
+    if report.quality is not None:
+        out.quality = quality_status(report.quality)
+        out.warnings = [
+            PreflightWarning(code=str(w.code), message=w.message[:1024], field=w.field, example=w.example)
+            for w in report.quality.warnings
+        ]
     return out
+
+
+def quality_status(quality: DataQuality) -> DataQualityStatus:
+    lengths = quality.train_lengths
+    return DataQualityStatus(
+        p50_row_tokens=lengths.p50,
+        p95_row_tokens=lengths.p95,
+        max_row_tokens=lengths.max,
+        truncated_share=_round(quality.truncated_share, 4),
+        duplicate_rows=quality.duplicate_rows,
+        near_duplicate_rows=quality.near_duplicate_rows,
+        leaked_validation_rows=quality.leaked_validation_rows,
+        empty_answers=quality.empty_answers,
+        rows_per_format=quality.rows_per_format,
+    )
 
 
 def fit_status(fit: FitPlan, price_of: Callable[[str], float | None], currency: str) -> FitStatus:

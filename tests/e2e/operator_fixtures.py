@@ -4,6 +4,7 @@ Secret in place, and the operator as a real process. Test modules load them with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,14 @@ from operator_env import Kube, OperatorProcess, operator_process, s3_secret
 
 from harness import Cluster
 
+# Pods import this checkout's trainer, as the operator process does (harness/operator_process.py),
+# not whichever tree the venv's editable install points at (a second worktree sharing the venv).
+SOURCES = os.pathsep.join(str(Path(__file__).resolve().parents[2] / d) for d in ("api", "trainer"))
+
 
 @pytest.fixture
 def cluster(kube_api: Any, tmp_path: Path) -> Iterator[Cluster]:
-    env = {"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": SOURCES}
     with Cluster(kube_api, work_root=tmp_path / "nodes", extra_env=env) as running:
         yield running
 

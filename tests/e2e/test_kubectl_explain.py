@@ -51,3 +51,7 @@ def test_explain_shows_the_models_descriptions(kube_api: RunningApiServer, tmp_p
     assert "Peak learning rate" in learning_rate
     cancel = " ".join(explain(kube_api, tmp_path, "ftj.spec.cancel").split())
     assert "stop the job for good and keep the object" in cancel and "Cancelled is terminal" in cancel
+    fail_on_warnings = " ".join(explain(kube_api, tmp_path, "ftj.spec.preflight.failOnWarnings").split())
+    assert "Fail the job (reason DataQualityFailed, not retried) when the preflight's data-quality" in fail_on_warnings
+    warnings = explain(kube_api, tmp_path, "ftj.status.preflight.warnings")
+    assert "code\t<string> -required-" in warnings and "example\t<string>" in warnings

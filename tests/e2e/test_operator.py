@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 pytest_plugins = ["operator_fixtures"]  # cluster, kube, operator
 
 TRAIN_TIMEOUT = 240
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -421,6 +422,37 @@ def test_a_job_that_will_not_fit_its_gpus_fails_before_any_gpu_job(
     assert "does not fit on L4-24GB" in status.error.message and "training.batchSize:" in status.error.message
     assert kube.jobs("too-big") == ["too-big-preflight"], "no trainer Job: no GPU was requested"
     assert ("Warning", "WillNotFit") in kube.events("too-big")
+
+
+def test_fail_on_warnings_fails_bad_data_before_any_gpu_job_with_a_warning_event_per_finding(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str], s3: Any
+) -> None:
+    """examples/bad-data (duplicates, leakage, truncation, empty answers, a mixed row) with
+    preflight.failOnWarnings: the preflight's data-quality report fails the job (issue 13, item 1)."""
+    bucket = staged["bucket"]
+    for name in ("train.jsonl", "validation.jsonl"):
+        s3.upload_file(str(EXAMPLES / "bad-data" / name), bucket, f"data/bad/{name}")
+    body = finetunejob("bad-quality", bucket, staged["endpoint"], training={"maxSeqLength": 24})
+    body["spec"]["dataset"] = {
+        "train": f"s3://{bucket}/data/bad/train.jsonl",
+        "validation": f"s3://{bucket}/data/bad/validation.jsonl",
+        "format": "completion",
+    }
+    body["spec"]["preflight"] = {"failOnWarnings": True}
+    kube.apply(body)
+    status = kube.wait_phase("bad-quality", {"Failed", "Succeeded"}, 120, operator.check_alive)
+    assert status.error is not None and status.error.reason == "DataQualityFailed", status
+    assert status.error.message.startswith("preflight.failOnWarnings is true and the data-quality report has 8 warning")
+    assert kube.jobs("bad-quality") == ["bad-quality-preflight"], "no trainer Job: no GPU was requested"
+    validated = conditions(status)["DataValidated"]
+    assert (validated.status, validated.reason) == ("False", "DataQualityFailed")
+    preflight = status.preflight
+    assert preflight is not None and preflight.quality is not None and preflight.quality.leaked_validation_rows == 3
+    codes = [w.code for w in preflight.warnings or []]
+    assert codes[:2] == ["TruncatedRows", "DroppedRows"] and len(codes) == 8
+    events = kube.events("bad-quality")
+    assert events.count(("Warning", "DataQualityWarning")) == 8
+    assert ("Warning", "DataQualityFailed") in events
 
 
 def test_namespaced_operator_ignores_other_namespaces(kube_api: Any, kube: Kube, tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ def test_validate_reports_rows_tokens_and_steps(quickstart_dir: Path) -> None:
     assert report.data.format == "completion"
     assert report.data.truncated_rows == 0 and report.data.dropped_rows == 0
     assert report.plan.total_steps == report.plan.epochs * report.plan.steps_per_epoch
+    assert report.quality is not None and report.quality.warnings == [], "the quickstart data is clean"
     assert not (quickstart_dir / "out").exists(), "validate must not write anything"
 
 

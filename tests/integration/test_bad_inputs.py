@@ -28,7 +28,15 @@ import pytest
 from conftest import trainer_config, upload_dir, write_jsonl
 from kubetune_api.protocol import RunStatus, RunSummary
 from kubetune_trainer.cli import kubetune, kubetune_train
-from kubetune_trainer.errors import DatasetInvalid, InvalidSpec, ModelInvalid, NotFound, S3AccessDenied, UserError
+from kubetune_trainer.errors import (
+    DataQualityFailed,
+    DatasetInvalid,
+    InvalidSpec,
+    ModelInvalid,
+    NotFound,
+    S3AccessDenied,
+    UserError,
+)
 
 # What a finished (or half-finished) run leaves at its output; none may exist after a user error.
 FINAL_ARTIFACTS = frozenset(
@@ -427,6 +435,19 @@ def missing_manifest(ctx: Ctx) -> Invocation:
 S3 = pytest.mark.s3
 
 
+def repeated_rows_failing_on_warnings(ctx: Ctx) -> Invocation:
+    """A trainer.json with preflight.fail_on_warnings (a job whose preflight the operator skipped)."""
+    invocation = ctx.rows([COMPLETION_OK] * 6, "preflight.failOnWarnings is true", "DuplicateRows: 4 training rows")
+    path = Path(invocation.argv[1])
+    config = json.loads(path.read_text())
+    config["preflight"] = {"fail_on_warnings": True}
+    path.write_text(json.dumps(config, indent=2))
+    return invocation
+
+
+FAIL_ON_WARNINGS = job_edit(("  resources:\n", "  preflight:\n    failOnWarnings: true\n  resources:\n"))
+
+
 # -- the corpus ----------------------------------------------------------------------------------------
 
 TWO_JOBS = MANIFEST.format(model="file://./model/") + "---\n" + MANIFEST.format(model="file://./model/")
@@ -688,6 +709,18 @@ CASES = [
         InvalidSpec,
         lambda ctx: ctx.config(b'{"job_name": "caf\xe9"}\n', "trainer.json", "UTF-8"),
         id="trainer-json-non-utf8",
+    ),
+    # ---- data quality with preflight.failOnWarnings (DataQualityFailed, 16): the warnings listed ----
+    pytest.param(DataQualityFailed, repeated_rows_failing_on_warnings, id="fail-on-warnings-trainer-json"),
+    pytest.param(
+        DataQualityFailed,
+        manifest_case(FAIL_ON_WARNINGS, "data-quality report has", "DuplicateRows: 2 training rows (66.7%)"),
+        id="fail-on-warnings-validate",
+    ),
+    pytest.param(
+        DataQualityFailed,
+        manifest_case(FAIL_ON_WARNINGS, "FewTrainableTokens: only", command="run"),
+        id="fail-on-warnings-run",
     ),
     # ---- FineTuneJob manifests (kubetune validate / run) ----
     pytest.param(

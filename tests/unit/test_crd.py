@@ -290,3 +290,27 @@ def test_printer_columns_point_at_status_fields(crd: JSON, root_schema: JSON) ->
             node = node["properties"][part]
         expected = {"string": {"string"}, "number": {"number", "integer"}, "integer": {"integer"}}[column["type"]]
         assert node["type"] in expected, column
+
+
+def test_preflight_status_carries_the_data_quality_report_and_warnings(root_schema: JSON, spec_schema: JSON) -> None:
+    """`kubectl explain finetunejob.status.preflight` shows the quality numbers and the warnings, and
+    spec.preflight.failOnWarnings is a described boolean that defaults to false."""
+    preflight = root_schema["properties"]["status"]["properties"]["preflight"]["properties"]
+    assert {"quality", "warnings"} <= set(preflight)
+    assert set(preflight["quality"]["properties"]) == {
+        "p50RowTokens",
+        "p95RowTokens",
+        "maxRowTokens",
+        "truncatedShare",
+        "duplicateRows",
+        "nearDuplicateRows",
+        "leakedValidationRows",
+        "emptyAnswers",
+        "rowsPerFormat",
+    }
+    assert preflight["quality"]["properties"]["rowsPerFormat"]["additionalProperties"] == {"type": "integer"}
+    warning = preflight["warnings"]["items"]
+    assert set(warning["properties"]) == {"code", "message", "field", "example"}
+    assert warning["required"] == ["code"]
+    fail = spec_schema["properties"]["preflight"]["properties"]["failOnWarnings"]
+    assert fail["type"] == "boolean" and fail["default"] is False and "DataQualityFailed" in fail["description"]

@@ -35,7 +35,7 @@ from kubetune_operator.patching import merge_patch
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status_from_reports import merge_checkpoints
 from kubetune_operator.views import JobView, PodView, job_view, pod_view, progress_url
-from protocol_samples import FIT, PREFLIGHT, PREFLIGHT_WITH_FIT
+from protocol_samples import FIT, PREFLIGHT, PREFLIGHT_WITH_FIT, QUALITY
 
 OWNER = Owner(name="ft", namespace="team", uid="uid-1")
 SETTINGS = OperatorSettings(poll_interval_seconds=5, gpu_memory_gib=80)
@@ -323,6 +323,57 @@ def test_an_unknown_gpu_type_gives_no_verdict_and_warns() -> None:
     events = {e.reason: e.message for e in plan.events}
     assert "names no GPU type kubetune knows" in events["CostUnknown"]
     assert "on an unknown GPU type (no verdict)" in events["FitPlanned"]
+
+
+WITH_WARNINGS = PREFLIGHT.model_copy(update={"quality": QUALITY})
+
+
+def test_data_quality_warnings_fill_status_and_post_one_warning_event_each_then_training_starts() -> None:
+    plan = finish_preflight(WITH_WARNINGS)
+    assert plan.create_attempt == 1 and plan.status.phase != Phase.FAILED
+    preflight = plan.status.preflight
+    assert preflight is not None and preflight.quality is not None and preflight.quality.p95_row_tokens == 900
+    assert [w.code for w in preflight.warnings or []] == ["TruncatedRows", "ValidationLeakage"]
+    quality_events = [e for e in plan.events if e.reason == "DataQualityWarning"]
+    assert [e.type for e in quality_events] == ["Warning", "Warning"]
+    # The example row is added when the message does not name it already.
+    assert quality_events[0].message == f"TruncatedRows: {QUALITY.warnings[0].message} (train.jsonl:17)"
+    assert quality_events[1].message == f"ValidationLeakage: {QUALITY.warnings[1].message}"
+    assert conditions(plan)[ConditionType.DATA_VALIDATED].status == "True"
+
+
+def test_a_clean_report_posts_no_quality_event_even_with_fail_on_warnings() -> None:
+    clean = PREFLIGHT.model_copy(update={"quality": QUALITY.model_copy(update={"warnings": []})})
+    plan = finish_preflight(clean, spec(preflight={"failOnWarnings": True}))
+    assert plan.create_attempt == 1 and "DataQualityWarning" not in reasons(plan)
+    assert plan.status.preflight is not None and plan.status.preflight.warnings == []
+
+
+def test_fail_on_warnings_fails_before_any_gpu_job_listing_every_warning() -> None:
+    plan = finish_preflight(WITH_WARNINGS, spec(preflight={"failOnWarnings": True}))
+    assert plan.status.phase == Phase.FAILED and plan.create_attempt is None
+    error = plan.status.error
+    assert error is not None and error.reason == "DataQualityFailed" and error.exit_code is None
+    assert error.message.startswith(
+        "preflight.failOnWarnings is true and the data-quality report has 2 warning(s): TruncatedRows: 80 of 1000 rows"
+    )
+    assert "; ValidationLeakage: 2 validation rows are also in training" in error.message
+    validated = conditions(plan)[ConditionType.DATA_VALIDATED]
+    assert (validated.status, validated.reason) == ("False", "DataQualityFailed")
+    assert reasons(plan).count("DataQualityWarning") == 2 and "DataQualityFailed" in reasons(plan)
+    assert "DataValidated" not in reasons(plan)
+    assert plan.status.preflight is not None and plan.status.preflight.warnings, "the report stays readable"
+
+
+def test_fail_on_warnings_without_a_quality_report_fails_closed() -> None:
+    """An older trainer image writes no quality report: the gate cannot say the data is clean."""
+    plan = finish_preflight(PREFLIGHT, spec(preflight={"failOnWarnings": True}))
+    assert plan.status.phase == Phase.FAILED and plan.create_attempt is None
+    assert plan.status.error is not None and plan.status.error.reason == "DataQualityFailed"
+    assert "the preflight left no data-quality report (a trainer image older than the operator?)" in (
+        plan.status.error.message
+    )
+    assert finish_preflight(PREFLIGHT).create_attempt == 1, "without failOnWarnings it is no reason to stop"
 
 
 def test_bad_dataset_fails_in_preflight_and_no_gpu_job_is_created() -> None:

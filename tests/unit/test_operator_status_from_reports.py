@@ -20,12 +20,21 @@ from kubetune_api.spec import FineTuneJobSpec
 from kubetune_api.status import (
     ArtifactsStatus,
     CheckpointStatus,
+    DataQualityStatus,
     FineTuneJobStatus,
     MetricsStatus,
     Phase,
+    PreflightWarning,
     ProgressStatus,
 )
-from kubetune_operator.status_from_reports import apply_progress, apply_summary, job_phase, merge_checkpoints
+from kubetune_operator.status_from_reports import (
+    apply_progress,
+    apply_summary,
+    job_phase,
+    merge_checkpoints,
+    preflight_status,
+)
+from protocol_samples import PREFLIGHT, PREFLIGHT_WITH_QUALITY, QUALITY
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 SPEC = FineTuneJobSpec.model_validate(
@@ -190,3 +199,46 @@ def test_apply_summary_on_an_empty_status() -> None:
         "progress": {"percent": "100%", "etaSeconds": 0, "eta": "0s"},
         "metrics": {},
     }
+
+
+# -- preflight_status: the data-quality report ---------------------------------------------------
+
+
+def test_preflight_status_carries_the_quality_numbers_and_every_warning() -> None:
+    out = preflight_status(PREFLIGHT_WITH_QUALITY, SPEC, gpu_memory_gib=80)
+    assert out.quality == DataQualityStatus(
+        p50_row_tokens=130,
+        p95_row_tokens=900,
+        max_row_tokens=1400,
+        truncated_share=0.08,
+        duplicate_rows=3,
+        near_duplicate_rows=4,
+        leaked_validation_rows=2,
+        empty_answers=0,
+        rows_per_format={"chat": 1000},
+    )
+    assert out.warnings == [
+        PreflightWarning(
+            code="TruncatedRows",
+            message=QUALITY.warnings[0].message,
+            field="training.maxSeqLength",
+            example="train.jsonl:17",
+        ),
+        PreflightWarning(
+            code="ValidationLeakage",
+            message=QUALITY.warnings[1].message,
+            field="dataset.validation",
+            example="val.jsonl:4",
+        ),
+    ]
+    wire = out.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert wire["quality"]["p95RowTokens"] == 900 and wire["warnings"][0]["code"] == "TruncatedRows"
+
+
+def test_preflight_status_of_a_report_without_quality_has_none_and_a_long_message_is_bounded() -> None:
+    assert preflight_status(PREFLIGHT, SPEC, gpu_memory_gib=80).quality is None
+    long = QUALITY.model_copy(
+        update={"warnings": [QUALITY.warnings[0].model_copy(update={"message": "m" * 5000, "code": "SomethingNew"})]}
+    )
+    out = preflight_status(PREFLIGHT.model_copy(update={"quality": long}), SPEC, gpu_memory_gib=80)
+    assert out.warnings is not None and len(out.warnings[0].message) == 1024 and out.warnings[0].code == "SomethingNew"

@@ -20,15 +20,18 @@ from kubetune_api.protocol import (
     FailureReason,
     PreflightReport,
     ProgressReport,
+    QualityCode,
+    QualityWarning,
     RunStatus,
     RunSummary,
     TrainerPhase,
     WireModel,
+    data_quality_failure,
     failure,
     failure_for_exit_code,
     parse_termination_message,
 )
-from protocol_samples import MEMORY, PLAN, PREFLIGHT, PREFLIGHT_WITH_FIT, STATS
+from protocol_samples import MEMORY, PLAN, PREFLIGHT, PREFLIGHT_WITH_FIT, PREFLIGHT_WITH_QUALITY, QUALITY, STATS
 
 SUMMARY = RunSummary(
     status=RunStatus.SUCCEEDED,
@@ -67,7 +70,7 @@ PROGRESS = ProgressReport(
     checkpoints=[CheckpointRecord(step=40, uri="s3://out/run/checkpoints/step-00000040/", time=1795000000.0)],
     last_update_time=1795000001.0,
 )
-MESSAGES: list[WireModel] = [PREFLIGHT, PREFLIGHT_WITH_FIT, SUMMARY, FAILED, PROGRESS]
+MESSAGES: list[WireModel] = [PREFLIGHT, PREFLIGHT_WITH_FIT, PREFLIGHT_WITH_QUALITY, SUMMARY, FAILED, PROGRESS]
 
 
 # -- pinned wire shapes --------------------------------------------------------------------------
@@ -284,3 +287,65 @@ def test_a_summary_with_many_checkpoints_drops_the_oldest_before_anything_else()
     kept = [c.step for c in parsed.checkpoints]
     assert kept and kept == [c.step for c in records][-len(kept) :] and len(kept) < len(records)
     assert parsed.eval == SUMMARY.eval and parsed.adapter_uri == SUMMARY.adapter_uri
+
+
+# -- the data-quality report ---------------------------------------------------------------------
+
+
+def test_data_quality_wire_shape_is_pinned() -> None:
+    wire = PREFLIGHT_WITH_QUALITY.to_wire()["quality"]
+    assert wire["trainLengths"] == {"p50": 130, "p95": 900, "max": 1400}
+    assert wire["truncatedShare"] == 0.08 and wire["leakedValidationRows"] == 2
+    assert wire["rowsPerFormat"] == {"chat": 1000}
+    assert wire["warnings"][0] == {
+        "code": "TruncatedRows",
+        "message": QUALITY.warnings[0].message,
+        "field": "training.maxSeqLength",
+        "example": "train.jsonl:17",
+        "value": 0.08,
+        "threshold": 0.05,
+    }
+
+
+def test_a_preflight_report_with_quality_and_fit_is_written_whole() -> None:
+    text = PREFLIGHT_WITH_QUALITY.to_termination_message()
+    assert json.loads(text) == PREFLIGHT_WITH_QUALITY.to_wire() and len(text.encode()) < TERMINATION_MESSAGE_LIMIT_BYTES
+    assert parse_termination_message(text) == PREFLIGHT_WITH_QUALITY
+
+
+def test_a_preflight_report_too_big_for_the_kubelet_shortens_warning_messages_and_keeps_every_code() -> None:
+    """A cut report would not parse, and the operator would lose what failOnWarnings acts on."""
+    many = [
+        QualityWarning(code=code, message="x" * 2000, field="dataset.train", example="train.jsonl:1")
+        for code in QualityCode
+    ]
+    big = PREFLIGHT_WITH_QUALITY.model_copy(update={"quality": QUALITY.model_copy(update={"warnings": many})})
+    text = big.to_termination_message()
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT_BYTES
+    parsed = parse_termination_message(text)
+    assert isinstance(parsed, PreflightReport) and parsed.quality is not None
+    assert [w.code for w in parsed.quality.warnings] == list(QualityCode)
+    assert all(w.example == "train.jsonl:1" and len(w.message) <= 201 for w in parsed.quality.warnings)
+    assert parsed.data == big.data and parsed.plan == big.plan
+
+
+def test_a_newer_trainers_quality_code_stays_a_string_and_an_older_report_has_no_quality() -> None:
+    wire = PREFLIGHT_WITH_QUALITY.to_wire()
+    wire["quality"]["warnings"][0]["code"] = "SomethingNew"
+    wire["quality"]["newField"] = 1
+    parsed = parse_termination_message(json.dumps(wire))
+    assert isinstance(parsed, PreflightReport) and parsed.quality is not None
+    assert parsed.quality.warnings[0].code == "SomethingNew"
+    assert parsed.quality.warnings[1].code is QualityCode.VALIDATION_LEAKAGE
+    older = parse_termination_message(PREFLIGHT_WITH_FIT.to_wire_json())
+    assert isinstance(older, PreflightReport) and older.quality is None
+
+
+def test_data_quality_failed_is_a_user_error_never_retried_with_its_own_exit_code() -> None:
+    info = failure_for_exit_code(16)
+    assert info is not None and info.reason is FailureReason.DATA_QUALITY_FAILED
+    assert info.user_error and not info.retryable and "preflight.failOnWarnings: false" in info.advice
+    assert data_quality_failure([("TruncatedRows", "cut"), ("DroppedRows", "gone")]) == (
+        "preflight.failOnWarnings is true and the data-quality report has 2 warning(s): TruncatedRows: cut; "
+        "DroppedRows: gone"
+    )

@@ -50,6 +50,13 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    # Tokens of the whole rendered row, before truncation: what maxSeqLength would have to be
+    # (the data-quality report's length percentiles). Defaults to the kept tokens.
+    full_length: int = -1
+
+    def __post_init__(self) -> None:
+        if self.full_length < 0:
+            object.__setattr__(self, "full_length", len(self.input_ids))
 
     @property
     def trainable_tokens(self) -> int:
@@ -177,7 +184,8 @@ class Encoder:
             token if any(start <= offset[0] < end for start, end in rendered.spans) else IGNORE_INDEX
             for token, offset in zip(ids, enc["offset_mapping"], strict=True)
         ]
-        truncated = len(ids) > self.max_seq_length
+        full_length = len(ids)
+        truncated = full_length > self.max_seq_length
         if truncated:
             ids, labels = ids[: self.max_seq_length], labels[: self.max_seq_length]
-        return Encoded(ids, labels, truncated)
+        return Encoded(ids, labels, truncated, full_length)

@@ -79,6 +79,12 @@ class S3AccessDenied(UserError):
     reason = FailureReason.S3_ACCESS_DENIED
 
 
+class DataQualityFailed(UserError):
+    """preflight.failOnWarnings and the data-quality report has warnings."""
+
+    reason = FailureReason.DATA_QUALITY_FAILED
+
+
 class UnsupportedModel(KubetuneError):
     """An architecture kubetune cannot train (yet): our limit, so neither a user error nor retried."""
 

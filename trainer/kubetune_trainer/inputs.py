@@ -19,7 +19,7 @@ from kubetune_api.protocol import StepPlan, TrainerPhase
 from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer.architectures import Architecture, classify
 from kubetune_trainer.encode import Encoder
-from kubetune_trainer.modeling import check_seq_length, load_tokenizer
+from kubetune_trainer.modeling import check_seq_length, load_tokenizer, model_max_length
 from kubetune_trainer.prepare import PreparedData, plan_steps, prepare
 from kubetune_trainer.storage import Storage
 
@@ -62,6 +62,8 @@ def load_inputs(
     with phase(TrainerPhase.PREPARING):
         tokenizer = load_tokenizer(model_dir)
         encoder = Encoder(tokenizer, config.training.max_seq_length, config.training.completion_only_loss)
-        data = prepare(config.dataset, config.training, encoder, train_path, validation_path)
+        data = prepare(
+            config.dataset, config.training, encoder, train_path, validation_path, model_max_length(model_dir)
+        )
     plan = plan_steps(config.training, data.stats, device_type, world_size)
     return JobInputs(model_dir, architecture, tokenizer, encoder, data, plan)

@@ -7,12 +7,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune_api.protocol import DataStats, StepPlan
+from kubetune_api.protocol import DataQuality, DataStats, StepPlan
 from kubetune_api.spec import AUTO, DatasetSpec, TrainingSpec
-from kubetune_trainer.data import Row, read_rows, split_rows
+from kubetune_trainer.data import Row, decode_jsonl, read_rows, split_rows
 from kubetune_trainer.encode import Encoded, Encoder
 from kubetune_trainer.errors import DatasetInvalid
 from kubetune_trainer.packing import TrainSequence, pack, unpacked
+from kubetune_trainer.quality import CheckedRow, QualityInputs, data_quality, row_formats
 
 # OpenAI's auto-epochs heuristic: 3 epochs, but see at least 100 and at most 25k examples.
 DEFAULT_EPOCHS = 3
@@ -32,6 +33,7 @@ class PreparedData:
     # after the model is loaded (packing_check) without reading and tokenizing again.
     train_examples: list[Encoded]
     validation_examples: list[Encoded]
+    quality: DataQuality | None = None  # the data-quality report (kubetune_trainer.quality)
 
     def without_packing(self, max_seq_length: int) -> PreparedData:
         """The same rows, one per sequence (padded in the batch instead of packed)."""
@@ -40,7 +42,7 @@ class PreparedData:
             update={"train_sequences": len(train), "packing_efficiency": _efficiency(train, False, max_seq_length)}
         )
         return PreparedData(
-            train, validation, self.validation_rows, stats, self.train_examples, self.validation_examples
+            train, validation, self.validation_rows, stats, self.train_examples, self.validation_examples, self.quality
         )
 
 
@@ -50,18 +52,22 @@ def _efficiency(sequences: list[TrainSequence], packing: bool, max_seq_length: i
     return round(tokens / capacity, 4) if capacity else 1.0
 
 
-def _encode_all(encoder: Encoder, rows: list[Row]) -> tuple[list[tuple[Row, Encoded]], int, int]:
+def _encode_all(encoder: Encoder, rows: list[Row]) -> tuple[list[tuple[Row, Encoded]], list[CheckedRow]]:
     kept: list[tuple[Row, Encoded]] = []
-    truncated = dropped = 0
+    checked: list[CheckedRow] = []
     for row in rows:
         encoded = encoder.encode(row)
-        truncated += encoded.truncated
         # Truncation can cut away every trainable token; such a row teaches nothing.
-        if encoded.trainable_tokens == 0:
-            dropped += 1
-            continue
-        kept.append((row, encoded))
-    return kept, truncated, dropped
+        dropped = encoded.trainable_tokens == 0
+        checked.append(CheckedRow(row, encoded.full_length, encoded.truncated, dropped))
+        if not dropped:
+            kept.append((row, encoded))
+    return kept, checked
+
+
+def _row_formats(path: Path, name: str) -> list[tuple[str, str]]:
+    # A second, cheap read of a file read_rows accepted (no tokenizer): each row's own format.
+    return row_formats(decode_jsonl(path.read_bytes(), name), name)
 
 
 def prepare(
@@ -70,16 +76,22 @@ def prepare(
     encoder: Encoder,
     train_path: Path,
     validation_path: Path | None,
+    model_max_length: int | None = None,
 ) -> PreparedData:
-    rows, fmt = read_rows(train_path, dataset.format, name=Path(dataset.train).name)
+    """`model_max_length`: the model's positions, for the quality report's advice."""
+    train_name = Path(dataset.train).name
+    rows, fmt = read_rows(train_path, dataset.format, name=train_name)
+    formats = _row_formats(train_path, train_name)
     if validation_path is not None:
-        validation_rows, _ = read_rows(validation_path, fmt, name=Path(dataset.validation or "").name)
+        validation_name = Path(dataset.validation or "").name
+        validation_rows, _ = read_rows(validation_path, fmt, name=validation_name)
+        formats += _row_formats(validation_path, validation_name)
         train_rows = rows
     else:
         train_rows, validation_rows = split_rows(rows, dataset.validation_split, training.seed)
 
-    train_kept, truncated, dropped = _encode_all(encoder, train_rows)
-    val_kept, val_truncated, val_dropped = _encode_all(encoder, validation_rows)
+    train_kept, train_checked = _encode_all(encoder, train_rows)
+    val_kept, val_checked = _encode_all(encoder, validation_rows)
     train_enc = [e for _, e in train_kept]
     val_enc = [e for _, e in val_kept]
     if not train_enc:
@@ -99,14 +111,26 @@ def prepare(
         train_tokens=total_tokens,
         trainable_tokens=sum(e.trainable_tokens for e in train_enc),
         validation_tokens=sum(len(e.input_ids) for e in val_enc),
-        truncated_rows=truncated + val_truncated,
-        dropped_rows=dropped + val_dropped,
+        truncated_rows=sum(c.truncated for c in train_checked + val_checked),
+        dropped_rows=sum(c.dropped for c in train_checked + val_checked),
         max_row_tokens=max(lengths),
         mean_row_tokens=round(total_tokens / len(lengths), 2),
         train_sequences=len(train_seqs),
         packing_efficiency=_efficiency(train_seqs, training.packing, training.max_seq_length),
     )
-    return PreparedData(train_seqs, val_seqs, [r for r, _ in val_kept], stats, train_enc, val_enc)
+    quality = data_quality(
+        train_checked,
+        val_checked,
+        stats.trainable_tokens,
+        QualityInputs(
+            max_seq_length=training.max_seq_length,
+            format=fmt.value,
+            row_formats=formats,
+            validation_split=validation_path is None,
+            model_max_length=model_max_length,
+        ),
+    )
+    return PreparedData(train_seqs, val_seqs, [r for r, _ in val_kept], stats, train_enc, val_enc, quality)
 
 
 def resolve_epochs(training: TrainingSpec, n_examples: int) -> int:

@@ -39,7 +39,7 @@ from kubetune_api.protocol import (
 )
 from kubetune_api.spec import Quantization
 from kubetune_api.trainer_config import TrainerConfig
-from kubetune_trainer import export, modeling, quantization, sharding
+from kubetune_trainer import export, modeling, quality, quantization, sharding
 from kubetune_trainer.checkpoint import CheckpointStore, TrainState, rescale_position, resume_key
 from kubetune_trainer.errors import UnsupportedModel
 from kubetune_trainer.evaluate import eval_loss, exact_match
@@ -143,6 +143,10 @@ class LoRAFinetuneRecipe:
         with self._phase(TrainerPhase.STAGING):
             self.storage.check_writable(cfg.output.uri)  # before any download: a wrong bucket fails first
         inputs = load_inputs(cfg, self.storage, device_type, processes.num_processes, phase=self._phase)
+        report = inputs.data.quality
+        for warning in report.warnings if report is not None else []:
+            self.on_event(f"data-quality warning {warning.code}: {warning.message}")
+        quality.enforce(report, cfg.preflight.fail_on_warnings)  # before the model is loaded
         strategy = self._strategy(inputs, processes.num_processes, device_type)
         accelerator = Accelerator(
             mixed_precision=numerics.mixed_precision,

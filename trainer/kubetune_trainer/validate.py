@@ -48,7 +48,13 @@ def validate_job(
     arch = inputs.architecture
     model = ModelReport(model_type=arch.model_type, architecture=arch.class_name)
     return PreflightReport(
-        job=config.job_name, data=inputs.data.stats, plan=inputs.plan, memory=memory, model=model, fit=fit
+        job=config.job_name,
+        data=inputs.data.stats,
+        plan=inputs.plan,
+        memory=memory,
+        model=model,
+        fit=fit,
+        quality=inputs.data.quality,
     )
 
 

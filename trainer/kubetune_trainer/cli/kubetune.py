@@ -22,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune_api.gpus import GIB, GPU_TYPES, GpuType, gpu_type_named
-from kubetune_api.protocol import EvalResult, FitPlan, PreflightReport, RunSummary
+from kubetune_api.protocol import DataQuality, EvalResult, FitPlan, PreflightReport, RunSummary
 from kubetune_api.spec import FineTuneJob
 from kubetune_api.trainer_config import (
     ManifestError,
@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     validate_parser = sub.choices["validate"]
     validate_parser.add_argument("--json", action="store_true", help="print the report as JSON")
     validate_parser.add_argument(
+        "--fail-on-warnings",
+        action="store_true",
+        help="exit 16 (DataQualityFailed) when the data-quality report has warnings, as spec.preflight."
+        "failOnWarnings: true does (which this command honours too)",
+    )
+    validate_parser.add_argument(
         "--gpu-type",
         help=f"plan memory, fit and time for this GPU type ({', '.join(GPU_TYPES)}, or a node label value such "
         "as NVIDIA-H100-80GB-HBM3); default: the type resources.nodeSelector names",
@@ -88,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(report.to_wire(), indent=2))
             else:
                 _print_validation(report)
+            from kubetune_trainer import quality
+
+            # What the operator would do with this report: warn, or with failOnWarnings fail.
+            quality.enforce(report.quality, config.preflight.fail_on_warnings or args.fail_on_warnings)
             return 0
     except KubetuneError as exc:
         print(f"error: {exc.describe()}", file=sys.stderr)
@@ -153,6 +163,36 @@ def _print_validation(report: PreflightReport) -> None:
     console.print(table)
     if report.fit is not None:
         console.print(_fit_table(report.fit))
+    if report.quality is not None:
+        _print_quality(console, report.quality)
+
+
+def _print_quality(console: Any, quality: DataQuality) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="data quality (docs/data.md#quality)", show_header=False)
+    lengths = [("train", quality.train_lengths), ("validation", quality.validation_lengths)]
+    for name, length in lengths:
+        if length is not None:
+            table.add_row(f"{name} tokens per row", f"p50 {length.p50}, p95 {length.p95}, max {length.max}")
+    table.add_row("truncated rows", f"{quality.truncated_rows} of {quality.rows} ({quality.truncated_share:.1%})")
+    for label, value in (
+        ("dropped rows", quality.dropped_rows),
+        ("duplicate rows", quality.duplicate_rows),
+        ("near-duplicate rows", quality.near_duplicate_rows),
+        ("validation rows in training", quality.leaked_validation_rows),
+        ("empty answers", quality.empty_answers),
+        ("trainable tokens", quality.trainable_tokens),
+    ):
+        table.add_row(label, str(value))
+    table.add_row("rows per format", ", ".join(f"{fmt} {n}" for fmt, n in quality.rows_per_format.items()))
+    console.print(table)
+    if not quality.warnings:
+        console.print("data quality: no warnings")
+    for warning in quality.warnings:
+        field = f" [{warning.field}]" if warning.field else ""
+        console.print(f"[yellow]{escape(f'warning {warning.code}{field}: {warning.message}')}[/yellow]", soft_wrap=True)
 
 
 def _fit_table(fit: FitPlan) -> Any:

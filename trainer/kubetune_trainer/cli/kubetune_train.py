@@ -104,9 +104,9 @@ def validate_only(config: TrainerConfig, plan_device: str | None = None, world_s
         report = validate_job(config, plan_device, world_size)
     except KubetuneError as exc:
         return report_failure(config.job_name, exc, started, config.runtime.termination_message_path)
-    text = report.to_wire_json()
-    write_termination_message(config.runtime.termination_message_path, text)
-    print(text, flush=True)
+    # The operator reads the termination message, which the kubelet cuts at 4 KiB: shortened to fit.
+    write_termination_message(config.runtime.termination_message_path, report.to_termination_message())
+    print(report.to_wire_json(), flush=True)
     return 0
 
 
