@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -392,21 +393,26 @@ class EvaluationSpec(_Model):
         default=20, ge=0, le=1000, description="Generated answers the metric rejected listed in eval.json."
     )
 
-    @model_validator(mode="after")
-    def _generation_for_generation_metrics(self) -> EvaluationSpec:
-        if self.exact_match:
-            return self
-        if self.metric is not None:
+    # Field validators, not one model validator, so that each error names its own field; they run
+    # after exact_match, which is declared first.
+    @field_validator("metric")
+    @classmethod
+    def _metric_needs_generation(cls, value: GenerationMetric | None, info: ValidationInfo) -> GenerationMetric | None:
+        if value is not None and not info.data.get("exact_match", False):
             raise ValueError(
-                f"metric: {self.metric.value} is only computed when evaluation.exactMatch is true "
-                "(it turns generation on)"
+                f"{value.value} is only computed when evaluation.exactMatch is true (it turns generation on)"
             )
-        if self.gate is not None and self.gate.metric.generation is not None:
+        return value
+
+    @field_validator("gate")
+    @classmethod
+    def _gate_metric_needs_generation(cls, value: GateSpec | None, info: ValidationInfo) -> GateSpec | None:
+        if value is not None and value.metric.generation is not None and not info.data.get("exact_match", False):
             raise ValueError(
-                f"gate.metric: {self.gate.metric.value} needs generated answers: set evaluation.exactMatch: true, "
+                f"metric {value.metric.value} needs generated answers: set evaluation.exactMatch: true, "
                 "or gate on evalLoss or perplexity"
             )
-        return self
+        return value
 
     @property
     def headline_metric(self) -> GenerationMetric:

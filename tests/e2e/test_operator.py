@@ -168,7 +168,9 @@ def test_kubectl_get_ftj_shows_the_generated_printer_columns(
     assert header.split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVAL", "ETA", "AGE"]
     assert row.split()[:2] == ["shown", "Failed"]
     wide_header = kubectl("get", "finetunejobs", "-o", "wide")[0].split()
-    assert wide_header == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVAL", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS", "GPU-HOURS"]
+    assert wide_header == [
+        "NAME", "PHASE", "PROGRESS", "LOSS", "EVAL", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS", "GPU-HOURS"
+    ]  # fmt: skip
     assert any("shown" in line for line in kubectl("get", "kubetune"))  # the category
 
 

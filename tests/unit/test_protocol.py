@@ -18,6 +18,7 @@ from kubetune_api.protocol import (
     EvalResult,
     Evaluations,
     FailureReason,
+    GateResult,
     PreflightReport,
     ProgressReport,
     RunStatus,
@@ -284,3 +285,13 @@ def test_a_summary_with_many_checkpoints_drops_the_oldest_before_anything_else()
     kept = [c.step for c in parsed.checkpoints]
     assert kept and kept == [c.step for c in records][-len(kept) :] and len(kept) < len(records)
     assert parsed.eval == SUMMARY.eval and parsed.adapter_uri == SUMMARY.adapter_uri
+
+
+def test_the_gate_verdict_is_the_last_thing_a_trimmed_termination_message_drops() -> None:
+    """eval goes before the gate: the operator needs the verdict for EvaluationPassed, and could only judge
+    again from eval."""
+    gate = GateResult(passed=False, metric="evalLoss", value=3.4, threshold=1.0, reason="ThresholdNotMet", message="m")
+    crowded = SUMMARY.model_copy(update={"gate": gate, "adapter_uri": "s3://b/" + "k" * 3900})
+    parsed = parse_termination_message(crowded.to_termination_message())
+    assert isinstance(parsed, RunSummary) and parsed.gate == gate
+    assert parsed.eval is None and parsed.adapter_uri is None
