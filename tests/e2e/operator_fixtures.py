@@ -4,6 +4,7 @@ Secret in place, and the operator as a real process. Test modules load them with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,16 @@ from typing import Any
 import pytest
 from operator_env import Kube, OperatorProcess, operator_process, s3_secret
 
+from conftest import ROOT
 from harness import Cluster
 
 
 @pytest.fixture
 def cluster(kube_api: Any, tmp_path: Path) -> Iterator[Cluster]:
-    env = {"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1"}
+    # Pods run this checkout's trainer, as the operator process runs this checkout's operator: the console
+    # scripts come from the venv, whose editable install may point at another worktree.
+    checkout = os.pathsep.join(str(ROOT / d) for d in ("api", "trainer"))
+    env = {"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": checkout}
     with Cluster(kube_api, work_root=tmp_path / "nodes", extra_env=env) as running:
         yield running
 
