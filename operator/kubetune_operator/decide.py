@@ -522,11 +522,11 @@ def _succeeded(draft: _Draft, spec: FineTuneJobSpec, outcome: Outcome) -> Decisi
     evaluation = draft.status.evaluation
     if evaluation is not None and evaluation.result == GateOutcome.FAILED:
         message += f"; the evaluation gate failed ({evaluation.reason})"
-    _note_evaluation(draft, spec)
     draft.condition(C.COMPLETE, True, "Succeeded", message)
     draft.clear_condition(C.RUNNING, "Completed", "training finished")
     draft.clear_condition(C.UNSCHEDULABLE, "Completed", "training finished")
     draft.phase(Phase.SUCCEEDED, message)
+    _note_evaluation(draft, spec)  # after Succeeded: the verdict is about the finished run's adapter
     return draft.finish_terminal()
 
 

@@ -867,3 +867,8 @@ def test_a_gate_with_nothing_reported_is_unknown_with_a_warning() -> None:
     assert (unknown.status, unknown.reason) == ("Unknown", "NotReported")
     assert ("Warning", "EvaluationNotReported") in [(e.type, e.reason) for e in plan.events]
     assert plan.status.phase == Phase.SUCCEEDED
+
+
+def test_the_verdict_event_follows_the_succeeded_event() -> None:
+    plan = finish_with(GATED_SPEC, {"eval": {"baseline": {"loss": 2.5}, "finetuned": {"loss": 1.7}}})
+    assert reasons(plan)[-2:] == ["Succeeded", "EvaluationGateFailed"]
