@@ -216,7 +216,7 @@ class EvaluationStatus(_Status):
 
     result: GateOutcome | None = Field(
         default=None,
-        description="Passed or Failed: the evaluation gate's verdict (the EVAL column); unset without one.",
+        description="Passed or Failed: the evaluation gate's verdict (the EVAL column); unset without a gate.",
     )
     metric: str | None = Field(default=None, description="The metric the gate judged (spec.evaluation.gate.metric).")
     value: float | None = Field(default=None, description="The fine-tuned model's value of the gate's metric.")
@@ -228,7 +228,9 @@ class EvaluationStatus(_Status):
         default=None, description="Whether the gate required beating the base model."
     )
     reason: str | None = Field(
-        default=None, description="CamelCase: ThresholdMet, ThresholdNotMet, NotBetterThanBaseline..."
+        default=None,
+        description="Why it passed or failed (the EvaluationPassed condition's reason): ThresholdMet, BeatBaseline, "
+        "ThresholdNotMet, NotBetterThanBaseline, NotEvaluated or BaselineNotEvaluated.",
     )
     message: str | None = Field(default=None, max_length=1024, description="The verdict in one sentence, with numbers.")
     eval_loss: float | None = Field(default=None, description="Evaluation loss of the fine-tuned model.")
