@@ -613,7 +613,7 @@ def run_baseline(
     losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
     device = next(model.parameters()).device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=numerics.mixed_precision == "bf16"):
-        evaluated = eval_loss(model, shared.validation, 8, shared.pad_id, device) if shared.validation else {}
+        evaluated = eval_loss(model, shared.validation, 8, shared.pad_id, device).summary() if shared.validation else {}
     return Result(
         name=name,
         loop_seconds=clock.end - clock.begin,

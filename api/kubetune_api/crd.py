@@ -42,6 +42,12 @@ PRINTER_COLUMNS: list[JSON] = [
         "description": "Latest train loss.",
     },
     {
+        "name": "Eval",
+        "type": "string",
+        "jsonPath": ".status.evaluation.result",
+        "description": "The evaluation gate's verdict: Passed or Failed (empty without a gate).",
+    },
+    {
         "name": "ETA",
         "type": "string",
         "jsonPath": ".status.progress.eta",

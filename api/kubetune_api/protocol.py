@@ -433,12 +433,43 @@ class EvalResult(WireModel):
     perplexity: float | None = None
     tokens: int | None = Field(default=None, description="Trainable tokens evaluated.")
     exact_match: float | None = Field(default=None, description="Share of generated answers equal to the reference.")
-    samples: int | None = Field(default=None, description="Rows generated for exact match.")
+    samples: int | None = Field(default=None, description="Rows generated for the generation metrics.")
+    metric: str | None = Field(default=None, description="The generation metric reported first (evaluation.metric).")
+    scores: dict[str, float] | None = Field(
+        default=None, description="Every generation metric: the share of generated answers it accepts."
+    )
 
 
 class Evaluations(WireModel):
     baseline: EvalResult | None = Field(default=None, description="The base model, before training.")
     finetuned: EvalResult | None = Field(default=None, description="The model with the trained adapter.")
+
+
+class GateReason(StrEnum):
+    """Why the evaluation gate passed or failed (the EvaluationPassed condition's reason)."""
+
+    THRESHOLD_MET = "ThresholdMet"  # the threshold met, and the baseline beaten when asked
+    BEAT_BASELINE = "BeatBaseline"  # no threshold; better than the base model
+    THRESHOLD_NOT_MET = "ThresholdNotMet"
+    NOT_BETTER_THAN_BASELINE = "NotBetterThanBaseline"
+    NOT_EVALUATED = "NotEvaluated"  # no value for the metric (no validation rows kept, no generation)
+    BASELINE_NOT_EVALUATED = "BaselineNotEvaluated"  # mustBeatBaseline, but no baseline value
+
+
+class GateResult(WireModel):
+    """The evaluation gate's verdict on the fine-tuned model (kubetune_api.gate.judge_gate)."""
+
+    passed: bool = Field(description="Whether the adapter met the gate. It is published either way.")
+    metric: str = Field(description="The metric judged (evaluation.gate.metric).")
+    value: float | None = Field(default=None, description="The fine-tuned model's value of the metric.")
+    threshold: float | None = Field(default=None, description="The bar: a maximum for losses, a minimum for scores.")
+    baseline: float | None = Field(default=None, description="The base model's value of the metric.")
+    must_beat_baseline: bool = Field(default=False, description="Whether the baseline had to be beaten.")
+    reason: Annotated[GateReason | str, Field(union_mode="left_to_right")] = Field(
+        description="CamelCase: ThresholdMet, BeatBaseline, ThresholdNotMet, NotBetterThanBaseline, NotEvaluated, "
+        "BaselineNotEvaluated."
+    )
+    message: str = Field(default="", description="One sentence with the numbers.")
 
 
 class RunStatus(StrEnum):
@@ -471,6 +502,7 @@ class RunSummary(WireModel):
     trained_tokens: int = Field(default=0, description="Tokens trained on (non-padding).")
     train_loss: float | None = Field(default=None, description="The last training loss.")
     eval: Evaluations | None = Field(default=None, description="Base and fine-tuned evaluations.")
+    gate: GateResult | None = Field(default=None, description="The evaluation gate's verdict, when the spec has one.")
     adapter_uri: str | None = Field(default=None, description="The published adapter.")
     manifest_uri: str | None = Field(default=None, description="The provenance manifest.json.")
     model: ModelReport | None = Field(default=None, description="The base model as trained: attention and packing.")
@@ -485,7 +517,9 @@ class RunSummary(WireModel):
     def to_termination_message(self, limit: int = TERMINATION_MESSAGE_LIMIT_BYTES) -> str:
         """Compact JSON of at most `limit` bytes that is still valid JSON.
 
-        The message is shortened first, then optional detail (eval, URIs) is dropped.
+        The message is shortened first, then optional detail (eval, URIs) is dropped. The gate's
+        verdict goes last of all: it is small, and without it the operator cannot say whether the
+        adapter passed (with `eval` it could judge again, so `eval` goes before it).
         """
         raw = {key: value for key, value in self.to_wire().items() if value not in ({}, [])}
 
@@ -500,7 +534,7 @@ class RunSummary(WireModel):
             raw["checkpoints"] = raw["checkpoints"][1:]
             if not raw["checkpoints"]:
                 raw.pop("checkpoints")
-        for optional in ("model", "eval", "adapterUri", "manifestUri", "message"):
+        for optional in ("model", "eval", "adapterUri", "manifestUri", "message", "gate"):
             if size(raw) <= limit:
                 break
             raw.pop(optional, None)

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -283,15 +284,139 @@ class TrainingSpec(_Model):
         return v
 
 
+class GenerationMetric(StrEnum):
+    """How a generated answer is scored against the reference (the registry in the trainer's
+    metrics_registry). Every one is computed; evaluation.metric picks the one reported first."""
+
+    EXACT_MATCH = "exact_match"  # equal once whitespace is collapsed
+    NORMALIZED_EXACT_MATCH = "normalized_exact_match"  # also ignoring case and punctuation
+    PREFIX_MATCH = "prefix_match"  # the answer starts with the reference (generation ran on)
+    NUMERIC = "numeric"  # the first number in the answer equals the reference's, within numericTolerance
+
+
+class GateMetric(StrEnum):
+    """What the evaluation gate judges: a loss (lower is better) or a generation metric (higher is better)."""
+
+    EVAL_LOSS = "evalLoss"
+    PERPLEXITY = "perplexity"
+    EXACT_MATCH = GenerationMetric.EXACT_MATCH.value
+    NORMALIZED_EXACT_MATCH = GenerationMetric.NORMALIZED_EXACT_MATCH.value
+    PREFIX_MATCH = GenerationMetric.PREFIX_MATCH.value
+    NUMERIC = GenerationMetric.NUMERIC.value
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self in (GateMetric.EVAL_LOSS, GateMetric.PERPLEXITY)
+
+    @property
+    def generation(self) -> GenerationMetric | None:
+        """The generation metric it names; None for evalLoss and perplexity."""
+        return None if self.lower_is_better else GenerationMetric(self.value)
+
+
+class NumericTolerance(_Model):
+    absolute: float = Field(
+        default=0.0, ge=0.0, description="Largest accepted |answer - reference| (math.isclose's abs_tol)."
+    )
+    relative: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Largest accepted |answer - reference| as a share of the larger magnitude (math.isclose's "
+        "rel_tol), e.g. 0.01 for 1%. An answer passes when it is within either tolerance.",
+    )
+
+
+class GateSpec(_Model):
+    metric: GateMetric = Field(
+        description="The metric judged: evalLoss or perplexity of the fine-tuned model on the validation rows, "
+        "or a generation metric (exact_match, normalized_exact_match, prefix_match, numeric), which needs "
+        "evaluation.exactMatch: true.",
+    )
+    threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="The bar: for evalLoss and perplexity the largest value that passes (a maximum); for a "
+        "generation metric the smallest share of correct answers that passes (a minimum, 0..1).",
+    )
+    must_beat_baseline: bool = Field(
+        default=False,
+        description="Also require the fine-tuned model to be strictly better than the base model on the metric "
+        "(lower loss or perplexity, higher generation score).",
+    )
+
+    @model_validator(mode="after")
+    def _some_bar(self) -> GateSpec:
+        if self.threshold is None and not self.must_beat_baseline:
+            raise ValueError("set threshold, mustBeatBaseline or both: a gate without a bar passes everything")
+        if self.threshold is not None and self.metric.generation is not None and self.threshold > 1:
+            raise ValueError(f"threshold {self.threshold} is above 1, but {self.metric.value} is a share of answers")
+        return self
+
+
 class EvaluationSpec(_Model):
     exact_match: bool = Field(
         default=False,
-        description="Also generate answers for a sample of validation rows and report exact match (short answers).",
+        description="Generate answers for a sample of validation rows (greedy) and score them with every "
+        "generation metric; metric picks the one reported first. The name is historical: it turns generation on.",
+    )
+    metric: GenerationMetric | None = Field(
+        default=None,
+        description="The generation metric reported first, listed in the error analysis and per group: "
+        "exact_match (whitespace collapsed), normalized_exact_match (also case and punctuation), prefix_match "
+        "(the answer starts with the reference) or numeric (within numericTolerance). Needs exactMatch: true. "
+        "Empty: exact_match.",
+    )
+    numeric_tolerance: NumericTolerance = Field(
+        default_factory=NumericTolerance, description="How close a numeric answer must be (the numeric metric)."
     )
     max_samples: int = Field(
-        default=200, ge=1, le=100_000, description="Validation rows used for the exact-match metric."
+        default=200, ge=1, le=100_000, description="Validation rows generated for the generation metrics."
     )
-    max_new_tokens: int = Field(default=32, ge=1, le=4096, description="Generation budget per exact-match sample.")
+    max_new_tokens: int = Field(default=32, ge=1, le=4096, description="Generation budget per sample.")
+    gate: GateSpec | None = Field(
+        default=None,
+        description="A bar the fine-tuned adapter must meet. The adapter is published either way; the result is "
+        "the EvaluationPassed condition, status.evaluation, manifest.json, eval.json and the model card.",
+    )
+    group_by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="A key of the validation rows (e.g. category) to break the error analysis down by: rows, "
+        "loss and generation metric per value. A key that no validation row carries fails the data check.",
+    )
+    worst_rows: int = Field(
+        default=10, ge=0, le=1000, description="Validation rows with the highest loss listed in eval.json."
+    )
+    max_failures: int = Field(
+        default=20, ge=0, le=1000, description="Generated answers the metric rejected listed in eval.json."
+    )
+
+    # Field validators, not one model validator, so that each error names its own field; they run
+    # after exact_match, which is declared first.
+    @field_validator("metric")
+    @classmethod
+    def _metric_needs_generation(cls, value: GenerationMetric | None, info: ValidationInfo) -> GenerationMetric | None:
+        if value is not None and not info.data.get("exact_match", False):
+            raise ValueError(
+                f"{value.value} is only computed when evaluation.exactMatch is true (it turns generation on)"
+            )
+        return value
+
+    @field_validator("gate")
+    @classmethod
+    def _gate_metric_needs_generation(cls, value: GateSpec | None, info: ValidationInfo) -> GateSpec | None:
+        if value is not None and value.metric.generation is not None and not info.data.get("exact_match", False):
+            raise ValueError(
+                f"metric {value.metric.value} needs generated answers: set evaluation.exactMatch: true, "
+                "or gate on evalLoss or perplexity"
+            )
+        return value
+
+    @property
+    def headline_metric(self) -> GenerationMetric:
+        return self.metric or GenerationMetric.EXACT_MATCH
 
 
 class OutputSpec(_Model):
@@ -484,6 +609,14 @@ class FineTuneJobSpec(_Model):
     def _distinct_output(self) -> FineTuneJobSpec:
         if self.output.uri.rstrip("/") in {self.dataset.train.rstrip("/"), self.base_model.uri.rstrip("/")}:
             raise ValueError("output.uri must differ from baseModel.uri and dataset.train")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_has_rows(self) -> FineTuneJobSpec:
+        if self.evaluation.gate is not None and not self.dataset.validation and self.dataset.validation_split == 0:
+            raise ValueError(
+                "evaluation.gate needs validation rows: set dataset.validation or a dataset.validationSplit above 0"
+            )
         return self
 
 

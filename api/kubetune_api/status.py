@@ -96,6 +96,9 @@ class ConditionType(StrEnum):
     # True when the trainer turned packing off because this architecture lets packed rows see
     # each other (a Warning): the run pads instead, which is correct but slower.
     PACKING_DISABLED = "PackingDisabled"
+    # Whether the fine-tuned adapter met spec.evaluation.gate (absent without a gate). False is not
+    # a failure of the job: the run worked and the adapter is published, it is just not good enough.
+    EVALUATION_PASSED = "EvaluationPassed"
     # True once spec.cancel stopped the job. Its own type, not Failed: a cancellation is the
     # user's choice, not an error, so `kubectl wait --for=condition=Failed` and the failure
     # alerts stay about failures (as batch/v1 keeps Suspended apart from Failed).
@@ -248,6 +251,45 @@ class ModelStatus(_Status):
     )
 
 
+class GateOutcome(StrEnum):
+    PASSED = "Passed"
+    FAILED = "Failed"
+
+
+class EvaluationStatus(_Status):
+    """The fine-tuned model against the base model on the validation rows, and the gate's verdict."""
+
+    result: GateOutcome | None = Field(
+        default=None,
+        description="Passed or Failed: the evaluation gate's verdict (the EVAL column); unset without a gate.",
+    )
+    metric: str | None = Field(default=None, description="The metric the gate judged (spec.evaluation.gate.metric).")
+    value: float | None = Field(default=None, description="The fine-tuned model's value of the gate's metric.")
+    threshold: float | None = Field(
+        default=None, description="The gate's bar: a maximum for losses, a minimum for scores."
+    )
+    baseline: float | None = Field(default=None, description="The base model's value of the gate's metric.")
+    must_beat_baseline: bool | None = Field(
+        default=None, description="Whether the gate required beating the base model."
+    )
+    reason: str | None = Field(
+        default=None,
+        description="Why it passed or failed (the EvaluationPassed condition's reason): ThresholdMet, BeatBaseline, "
+        "ThresholdNotMet, NotBetterThanBaseline, NotEvaluated or BaselineNotEvaluated.",
+    )
+    message: str | None = Field(default=None, max_length=1024, description="The verdict in one sentence, with numbers.")
+    eval_loss: float | None = Field(default=None, description="Evaluation loss of the fine-tuned model.")
+    baseline_eval_loss: float | None = Field(default=None, description="Evaluation loss of the base model.")
+    perplexity: float | None = Field(default=None, description="Perplexity of the fine-tuned model.")
+    baseline_perplexity: float | None = Field(default=None, description="Perplexity of the base model.")
+    generation_metric: str | None = Field(
+        default=None, description="The generation metric reported first (spec.evaluation.metric), when generating."
+    )
+    score: float | None = Field(default=None, description="The fine-tuned model's share of answers it accepts.")
+    baseline_score: float | None = Field(default=None, description="The base model's share of answers it accepts.")
+    samples: int | None = Field(default=None, description="Validation rows generated for the generation metrics.")
+
+
 class ErrorStatus(_Status):
     reason: str = Field(description="CamelCase failure reason, e.g. DatasetInvalid, GPUOOM, BackoffLimitExceeded.")
     message: str = Field(default="", max_length=4096, description="What went wrong, naming the field, file or URI.")
@@ -269,7 +311,7 @@ class FineTuneJobStatus(_Status):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="metav1.Conditions: SpecValid, SpecApplied, DataValidated, Admitted, Suspended, "
-        "Unschedulable, Running, CheckpointSaved, PackingDisabled, Complete, Failed, Cancelled.",
+        "Unschedulable, Running, CheckpointSaved, PackingDisabled, EvaluationPassed, Complete, Failed, Cancelled.",
     )
     accepted_spec: FineTuneJobSpec | None = Field(
         default=None,
@@ -284,6 +326,9 @@ class FineTuneJobStatus(_Status):
     )
     artifacts: ArtifactsStatus | None = Field(default=None, description="Where the results are.")
     model: ModelStatus | None = Field(default=None, description="The base model as loaded: attention, packing.")
+    evaluation: EvaluationStatus | None = Field(
+        default=None, description="The final evaluation and the evaluation gate's verdict (spec.evaluation.gate)."
+    )
     error: ErrorStatus | None = Field(default=None, description="The failure that ended the job.")
     attempts: int | None = Field(default=None, ge=0, description="Trainer attempts started (retries + 1).")
     world_size: int | None = Field(

@@ -12,14 +12,14 @@ _ORDER = {str(type_): index for index, type_ in enumerate(ConditionType)}
 def set_condition(
     conditions: list[Condition],
     type_: ConditionType,
-    ok: bool,
+    ok: bool | None,
     reason: str,
     message: str,
     observed_generation: int,
     now: datetime,
 ) -> list[Condition]:
-    """A new list with `type_` set. lastTransitionTime moves only when the status flips."""
-    value = "True" if ok else "False"
+    """A new list with `type_` set (`ok` None: Unknown). lastTransitionTime moves only when the status flips."""
+    value = "Unknown" if ok is None else "True" if ok else "False"
     previous = next((c for c in conditions if c.type == type_), None)
     transition = previous.last_transition_time if previous and previous.status == value else now
     updated = Condition(

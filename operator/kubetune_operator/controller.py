@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from kubetune_api.protocol import ProgressReport
 from kubetune_api.spec import FineTuneJobSpec
-from kubetune_api.status import ConditionType, FineTuneJobStatus, Phase
+from kubetune_api.status import ConditionType, FineTuneJobStatus, GateOutcome, Phase
 from kubetune_operator import manifests
 from kubetune_operator.decide import Decision, Snapshot, decide
 from kubetune_operator.kube import Kube, load_config
@@ -207,9 +207,13 @@ class Controller:
             queued_since = admitted.last_transition_time.timestamp() if admitted else time.time()
         if old_phase != new_phase:
             log.info("%s/%s: %s -> %s: %s", *key, old_phase, new_phase, status.message or "")
-        self.metrics.observe_phase(key, old_phase, new_phase, queued_since)
+        evaluation = status.evaluation
+        verdict = str(evaluation.result) if evaluation is not None and evaluation.result is not None else None
+        self.metrics.observe_phase(key, old_phase, new_phase, queued_since, verdict)
         if new_phase == Phase.FAILED and old_phase != Phase.FAILED:
             self.metrics.failures.labels(reason=status.error.reason if status.error else "Unknown").inc()
+        if new_phase == Phase.SUCCEEDED and old_phase != Phase.SUCCEEDED and verdict == GateOutcome.FAILED:
+            self.metrics.evaluation_gate_failures.labels(metric=evaluation.metric if evaluation else "").inc()
         retry = status.last_failure
         retried = decision.create_attempt is not None and decision.create_attempt > 1
         if retried and retry is not None and retry != before.last_failure:

@@ -30,6 +30,7 @@ from kubetune_api.status import (
     ConditionType,
     ErrorStatus,
     FineTuneJobStatus,
+    GateOutcome,
     LastFailureStatus,
     MemoryFit,
     Phase,
@@ -108,13 +109,13 @@ class _Draft:
         self.status.observed_generation = snapshot.generation
         self.decision = Decision(status=self.status, requeue_after=settings.poll_interval_seconds)
 
-    def condition(self, type_: ConditionType, ok: bool, reason: str, message: str) -> bool:
-        """Set a condition; True when its status flipped (worth an Event)."""
+    def condition(self, type_: ConditionType, ok: bool | None, reason: str, message: str) -> bool:
+        """Set a condition (`ok` None: Unknown); True when its status flipped (worth an Event)."""
         before = self.status.condition(type_)
         self.status.conditions = set_condition(
             self.status.conditions, type_, ok, reason, message, self.snapshot.generation, self.now
         )
-        return before is None or before.status != ("True" if ok else "False")
+        return before is None or before.status != ("Unknown" if ok is None else "True" if ok else "False")
 
     def clear_condition(self, type_: ConditionType, reason: str, message: str) -> None:
         if self.status.condition(type_) is not None:
@@ -572,11 +573,39 @@ def _succeeded(draft: _Draft, spec: FineTuneJobSpec, outcome: Outcome) -> Decisi
     message = f"trained {summary.step if summary else '?'} steps; adapter at {adapter}"
     if summary is not None and summary.already_complete:
         message = f"output already complete at {spec.output.uri}; nothing retrained"
+    evaluation = draft.status.evaluation
+    if evaluation is not None and evaluation.result == GateOutcome.FAILED:
+        message += f"; the evaluation gate failed ({evaluation.reason})"
     draft.condition(C.COMPLETE, True, "Succeeded", message)
     draft.clear_condition(C.RUNNING, "Completed", "training finished")
     draft.clear_condition(C.UNSCHEDULABLE, "Completed", "training finished")
     draft.phase(Phase.SUCCEEDED, message)
+    _note_evaluation(draft, spec)  # after Succeeded: the verdict is about the finished run's adapter
     return draft.finish_terminal()
+
+
+def _note_evaluation(draft: _Draft, spec: FineTuneJobSpec) -> None:
+    """EvaluationPassed from the gate's verdict, with an Event. A failed gate is a Warning, not a
+    failure: the run worked and the adapter is published, it is just not good enough to ship."""
+    if spec.evaluation.gate is None:
+        return
+    evaluation = draft.status.evaluation
+    if evaluation is None or evaluation.result is None:
+        message = "the trainer reported no evaluation to judge (no summary, or no validation rows evaluated)"
+        if draft.condition(C.EVALUATION_PASSED, None, "NotReported", message):
+            draft.event("Warning", "EvaluationNotReported", message)
+        return
+    passed = evaluation.result == GateOutcome.PASSED
+    reason = evaluation.reason or str(evaluation.result)
+    message = evaluation.message or reason
+    if draft.condition(C.EVALUATION_PASSED, passed, reason, message):
+        if passed:
+            draft.event("Normal", "EvaluationPassed", message)
+        else:
+            adapter = (draft.status.artifacts.adapter_uri if draft.status.artifacts else None) or spec.output.uri
+            draft.event(
+                "Warning", "EvaluationGateFailed", f"{reason}: {message}; the adapter is published at {adapter}"
+            )
 
 
 def _failed_attempt(

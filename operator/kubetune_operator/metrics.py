@@ -15,13 +15,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kubetune_api.status import Phase
+from kubetune_api.status import GateOutcome, Phase
 
 
 @dataclass
 class JobState:
     phase: str
     queued_since: float | None = None  # unix time, while Queued
+    evaluation: str | None = None  # the evaluation gate's verdict: Passed, Failed, or None without a gate
 
 
 class JobTable(Collector):
@@ -38,6 +39,20 @@ class JobTable(Collector):
         for phase, count in sorted(counts.items()):
             by_phase.add_metric([phase], count)
         yield by_phase
+        # Counts, not a series per job: operator metrics carry no unbounded labels (the job's name
+        # is in the EvaluationGateFailed Event and `kubectl get ftj`'s EVAL column).
+        by_result = GaugeMetricFamily(
+            "kubetune_finetunejob_evaluations",
+            "FineTuneJobs with an evaluation gate, by its verdict (Passed, Failed).",
+            labels=["result"],
+        )
+        results = dict.fromkeys((str(outcome) for outcome in GateOutcome), 0)
+        for state in self.jobs.values():
+            if state.evaluation is not None:
+                results[state.evaluation] = results.get(state.evaluation, 0) + 1
+        for result, count in sorted(results.items()):
+            by_result.add_metric([result], count)
+        yield by_result
         now = time.time()
         queued = [now - s.queued_since for s in self.jobs.values() if s.queued_since is not None]
         yield GaugeMetricFamily(
@@ -70,6 +85,12 @@ class OperatorMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.evaluation_gate_failures = Counter(
+            "kubetune_finetunejob_evaluation_gate_failures_total",
+            "FineTuneJobs that succeeded with an adapter below their evaluation gate, by the gate's metric.",
+            ["metric"],
+            registry=self.registry,
+        )
         self.reconcile_errors = Counter(
             "kubetune_reconcile_errors_total", "Reconciles that raised an error.", registry=self.registry
         )
@@ -86,10 +107,17 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
-    def observe_phase(self, key: tuple[str, str], old: str | None, new: str, queued_since: float | None) -> None:
+    def observe_phase(
+        self,
+        key: tuple[str, str],
+        old: str | None,
+        new: str,
+        queued_since: float | None,
+        evaluation: str | None = None,
+    ) -> None:
         if old != new:
             self.transitions.labels(from_phase=old or "None", to_phase=new).inc()
-        self.table.jobs[key] = JobState(new, queued_since if new == Phase.QUEUED else None)
+        self.table.jobs[key] = JobState(new, queued_since if new == Phase.QUEUED else None, evaluation)
 
     def forget(self, key: tuple[str, str]) -> None:
         self.table.jobs.pop(key, None)

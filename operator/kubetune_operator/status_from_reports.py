@@ -2,7 +2,8 @@
 
 PreflightReport (preflight termination message) -> status.preflight
 ProgressReport  (GET /progress, every poll)      -> status.progress, .metrics, .checkpoints
-RunSummary      (trainer termination message)    -> status.artifacts, .metrics, .progress, .checkpoints
+RunSummary      (trainer termination message)    -> status.artifacts, .metrics, .progress, .checkpoints,
+                                                    .evaluation
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from kubetune_api.gate import judge_gate
 from kubetune_api.protocol import (
     CheckpointRecord,
     DataQuality,
+    Evaluations,
     FitOption,
     FitPlan,
+    GateResult,
     ModelReport,
     PreflightReport,
     ProgressReport,
@@ -26,8 +30,10 @@ from kubetune_api.status import (
     ArtifactsStatus,
     CheckpointStatus,
     DataQualityStatus,
+    EvaluationStatus,
     FineTuneJobStatus,
     FitStatus,
+    GateOutcome,
     MemoryFit,
     MetricsStatus,
     ModelStatus,
@@ -260,5 +266,44 @@ def apply_summary(
         if summary.model is not None:
             status.model = model_status(summary.model)
         status.checkpoints = merge_checkpoints(status.checkpoints, summary.checkpoints)[-max_checkpoints:]
+        status.evaluation = evaluation_status(summary, spec)
     status.metrics = metrics
     status.progress = progress
+
+
+def gate_result(summary: RunSummary, spec: FineTuneJobSpec) -> GateResult | None:
+    """The gate's verdict: the trainer's, or judged here from the summary's evaluations (a trainer
+    that predates the gate, or a summary trimmed to fit the termination message); None without a gate
+    or without anything to judge."""
+    gate = spec.evaluation.gate
+    if gate is None:
+        return None
+    if summary.gate is not None:
+        return summary.gate
+    return judge_gate(gate, summary.eval) if summary.eval is not None else None
+
+
+def evaluation_status(summary: RunSummary, spec: FineTuneJobSpec) -> EvaluationStatus | None:
+    """status.evaluation: the key numbers of both models and the gate's verdict."""
+    evals = summary.eval or Evaluations()
+    base, tuned = evals.baseline, evals.finetuned
+    verdict = gate_result(summary, spec)
+    if tuned is None and verdict is None:
+        return None
+    metric = tuned.metric if tuned else None
+    out = EvaluationStatus(
+        eval_loss=_round(tuned.loss) if tuned else None,
+        baseline_eval_loss=_round(base.loss) if base else None,
+        perplexity=_round(tuned.perplexity) if tuned else None,
+        baseline_perplexity=_round(base.perplexity) if base else None,
+        generation_metric=metric,
+        score=_round((tuned.scores or {}).get(metric)) if tuned and metric else None,
+        baseline_score=_round((base.scores or {}).get(metric)) if base and metric else None,
+        samples=tuned.samples if tuned else None,
+    )
+    if verdict is not None:
+        out.result = GateOutcome.PASSED if verdict.passed else GateOutcome.FAILED
+        out.metric, out.value, out.threshold = verdict.metric, _round(verdict.value), verdict.threshold
+        out.baseline, out.must_beat_baseline = _round(verdict.baseline), verdict.must_beat_baseline
+        out.reason, out.message = str(verdict.reason), verdict.message[:1024]
+    return out

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from operator_env import Kube, OperatorProcess, operator_process, s3_secret
 
+from conftest import ROOT
 from harness import Cluster
 
 # Pods import this checkout's trainer, as the operator process does (harness/operator_process.py),
 # not whichever tree the venv's editable install points at (a second worktree sharing the venv).
-SOURCES = os.pathsep.join(str(Path(__file__).resolve().parents[2] / d) for d in ("api", "trainer"))
+SOURCES = os.pathsep.join(str(ROOT / d) for d in ("api", "trainer"))
 
 
 @pytest.fixture

@@ -131,6 +131,63 @@ def test_happy_path_validates_trains_and_publishes_artifacts(
     assert operator.get("/healthz", port=operator.port + 1) is not None  # kopf's liveness endpoint
 
 
+# -- the evaluation gate -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (make test installs it as root)")
+def test_evaluation_gate_one_job_passes_one_fails_and_both_publish(
+    kube: Kube, cluster: Cluster, operator: OperatorProcess, staged: dict[str, str], s3: Any, kube_api: Any
+) -> None:
+    """Two jobs train the same thing; one gate is within reach, the other impossible. Both succeed and publish:
+    the verdict is the EvaluationPassed condition, status.evaluation, the EVAL column, an Event and a metric."""
+    short = {"maxSteps": 10}
+    bars = {"gate-pass": 100.0, "gate-fail": 0.001}
+    for name, threshold in bars.items():
+        gate = {"gate": {"metric": "evalLoss", "threshold": threshold, "mustBeatBaseline": True}}
+        kube.apply(finetunejob(name, staged["bucket"], staged["endpoint"], training=short, evaluation=gate))
+    finished = {
+        name: kube.wait_phase(name, {"Succeeded", "Failed"}, TRAIN_TIMEOUT, operator.check_alive) for name in bars
+    }
+    for name, status in finished.items():
+        assert status.phase == "Succeeded", status  # a failed gate does not fail the run
+        assert "manifest.json" in objects_under(s3, staged["bucket"], f"out/{name}/")
+
+    passed, failed = finished["gate-pass"], finished["gate-fail"]
+    assert conditions(passed)["EvaluationPassed"].status == "True"
+    assert conditions(passed)["EvaluationPassed"].reason == "ThresholdMet"
+    assert conditions(failed)["EvaluationPassed"].status == "False"
+    assert conditions(failed)["EvaluationPassed"].reason == "ThresholdNotMet"
+    assert "is above the maximum 0.001" in conditions(failed)["EvaluationPassed"].message
+    for status, result in ((passed, "Passed"), (failed, "Failed")):
+        evaluation = status.evaluation
+        assert evaluation is not None and evaluation.result == result and evaluation.metric == "evalLoss"
+        assert (
+            evaluation.value is not None and evaluation.baseline is not None and evaluation.value < evaluation.baseline
+        )
+        assert evaluation.eval_loss == evaluation.value and evaluation.baseline_eval_loss == evaluation.baseline
+
+    assert ("Normal", "EvaluationPassed") in kube.events("gate-pass")
+    assert ("Warning", "EvaluationGateFailed") in kube.events("gate-fail")
+    assert ("Warning", "EvaluationGateFailed") not in kube.events("gate-pass")
+
+    manifest = json.loads(s3.get_object(Bucket=staged["bucket"], Key="out/gate-fail/manifest.json")["Body"].read())
+    assert manifest["gate"]["passed"] is False and manifest["gate"]["reason"] == "ThresholdNotMet"
+    card = s3.get_object(Bucket=staged["bucket"], Key="out/gate-fail/README.md")["Body"].read().decode()
+    assert "**failed** (ThresholdNotMet)" in card and "## Error analysis" in card
+
+    command = ["kubectl", "--kubeconfig", str(kube_api.kubeconfig), "get", "ftj", *bars]
+    table = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table[0].split()[:5] == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVAL"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert rows["gate-pass"][1] == "Succeeded" and rows["gate-pass"][4] == "Passed"
+    assert rows["gate-fail"][1] == "Succeeded" and rows["gate-fail"][4] == "Failed"
+
+    metrics = operator.metrics()
+    assert 'kubetune_finetunejob_evaluations{result="Passed"} 1.0' in metrics
+    assert 'kubetune_finetunejob_evaluations{result="Failed"} 1.0' in metrics
+    assert 'kubetune_finetunejob_evaluation_gate_failures_total{metric="evalLoss"} 1.0' in metrics
+
+
 # -- failures before any GPU ---------------------------------------------------------------------
 
 
@@ -166,10 +223,12 @@ def test_kubectl_get_ftj_shows_the_generated_printer_columns(
         return subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
 
     header, row = kubectl("get", "ftj")[:2]
-    assert header.split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVAL", "ETA", "AGE"]
     assert row.split()[:2] == ["shown", "Failed"]
     wide_header = kubectl("get", "finetunejobs", "-o", "wide")[0].split()
-    assert wide_header == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS", "GPU-HOURS"]
+    assert wide_header == [
+        "NAME", "PHASE", "PROGRESS", "LOSS", "EVAL", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS", "GPU-HOURS"
+    ]  # fmt: skip
     assert any("shown" in line for line in kubectl("get", "kubetune"))  # the category
 
 

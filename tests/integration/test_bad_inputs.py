@@ -336,6 +336,20 @@ def bad_validation_file(ctx: Ctx) -> Invocation:
     )
 
 
+def group_by_a_missing_field(ctx: Ctx) -> Invocation:
+    """evaluation.groupBy names a key no validation row has (a typo): the data check fails before training."""
+    invocation = ctx.rows(
+        [{**COMPLETION_OK, "category": "numbers"}] * 4,
+        "evaluation.groupBy: no row of the validation split of",
+        "has the field 'categroy'; the rows' other keys: ['category']",
+    )
+    path = Path(invocation.argv[1])
+    config = json.loads(path.read_text())
+    config["evaluation"]["group_by"] = "categroy"
+    path.write_text(json.dumps(config, indent=2))
+    return invocation
+
+
 # -- S3 ------------------------------------------------------------------------------------------------
 
 
@@ -705,6 +719,15 @@ CASES = [
         lambda ctx: ctx.broken_config(lambda c: c["output"].update(uri="ftp://host/out/"), "output.uri"),
         id="trainer-json-output-uri-scheme",
     ),
+    pytest.param(
+        InvalidSpec,
+        lambda ctx: ctx.broken_config(
+            lambda c: c["evaluation"].update(gate={"metric": "exact_match", "threshold": 0.8}),
+            "evaluation.gate: metric exact_match needs generated answers",
+        ),
+        id="trainer-json-gate-on-exact-match-without-generation",
+    ),
+    pytest.param(DatasetInvalid, group_by_a_missing_field, id="group-by-a-field-no-validation-row-has"),
     pytest.param(
         InvalidSpec,
         lambda ctx: ctx.config(b'{"job_name": "caf\xe9"}\n', "trainer.json", "UTF-8"),

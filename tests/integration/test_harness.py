@@ -683,11 +683,11 @@ def test_kubectl_get_uses_the_crd_printer_columns(
         GROUP, VERSION, "default", PLURAL, "tune-1", {"status": {"phase": "Running", "metrics": {"trainLoss": 1.5}}}
     )
     lines = kubectl(kube_api, tmp_path, "get", "ftj").splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
+    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVAL", "ETA", "AGE"]
     assert lines[1].split()[:3] == ["tune-1", "Running", "1.5"]
     wide = kubectl(kube_api, tmp_path, "get", "finetunejobs", "-o", "wide").splitlines()
     assert wide[0].split() == [
-        "NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS", "GPU-HOURS"
+        "NAME", "PHASE", "PROGRESS", "LOSS", "EVAL", "ETA", "AGE", "MODEL", "GPUS", "ATTEMPTS", "GPU-HOURS"
     ]  # fmt: skip
     assert "2" in wide[1].split()
     assert "tune-1" in kubectl(kube_api, tmp_path, "get", "kubetune")

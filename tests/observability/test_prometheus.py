@@ -23,6 +23,7 @@ must be firing for reason InvalidSpec.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -169,7 +170,8 @@ def staged(s3_endpoint: str, tiny_model_dir: Path, kube_api: Any) -> dict[str, s
 
 @pytest.fixture
 def cluster(kube_api: Any, tmp_path: Path) -> Iterator[Cluster]:
-    env = {"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1", "OMP_NUM_THREADS": "1"}
+    checkout = os.pathsep.join(str(ROOT / d) for d in ("api", "trainer"))  # this checkout's trainer in the pods
+    env = {"HF_HUB_OFFLINE": "1", "AWS_DEFAULT_REGION": "us-east-1", "OMP_NUM_THREADS": "1", "PYTHONPATH": checkout}
     with Cluster(kube_api, work_root=tmp_path / "nodes", extra_env=env) as running:
         yield running
 
@@ -212,7 +214,9 @@ def test_prometheus_answers_every_dashboard_query_and_alert_expression(
         broken["spec"]["dataset"]["train"] = "data/train.jsonl"  # schema-valid, the operator's InvalidSpec
         apply(broken)
         apply(finetunejob("waiting", bucket, endpoint, queueName="gpu-queue"))
-        apply(finetunejob(TRAINED, bucket, endpoint, backoffLimit=2))
+        # An impossible evaluation gate: the job succeeds, its adapter fails the gate (KubetuneEvaluationGateFailed).
+        impossible = {"gate": {"metric": "evalLoss", "threshold": 0.001}}
+        apply(finetunejob(TRAINED, bucket, endpoint, backoffLimit=2, evaluation=impossible))
 
         def trainer_pod(attempt: int) -> dict[str, Any] | None:
             selector = (
@@ -267,6 +271,8 @@ def test_prometheus_answers_every_dashboard_query_and_alert_expression(
         assert all(r["health"] == "ok" for g in groups for r in g["rules"]), groups
         firing = prometheus.series('ALERTS{alertname="KubetuneJobFailed", alertstate="firing"}', start, end)
         assert {s["metric"]["reason"] for s in firing} == {"InvalidSpec"}
+        gate = prometheus.series('ALERTS{alertname="KubetuneEvaluationGateFailed", alertstate="firing"}', start, end)
+        assert {s["metric"]["metric"] for s in gate} == {"evalLoss"}
         queued = prometheus.series("max(kubetune_oldest_queued_job_age_seconds)", start, end, instant=True)
         assert float(queued[0]["value"][1]) > 0
     finally:

@@ -109,15 +109,16 @@ def test_version_served_with_status_subresource(crd: JSON) -> None:
 
 
 def test_printer_columns(crd: JSON) -> None:
-    """kubectl get shows Phase, Progress, Loss, ETA and Age by default."""
+    """kubectl get shows Phase, Progress, Loss, Eval (the evaluation gate), ETA and Age by default."""
     [version] = crd["spec"]["versions"]
     columns = version["additionalPrinterColumns"]
     default = [c["name"] for c in columns if c.get("priority", 0) == 0]
-    assert default == ["Phase", "Progress", "Loss", "ETA", "Age"]
+    assert default == ["Phase", "Progress", "Loss", "Eval", "ETA", "Age"]
     by_name = {c["name"]: c for c in columns}
     assert by_name["Phase"]["jsonPath"] == ".status.phase"
     assert by_name["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
     assert by_name["Loss"]["type"] == "number"
+    assert by_name["Eval"]["jsonPath"] == ".status.evaluation.result"
     for column in columns:
         assert column["type"] in {"string", "number", "integer", "date", "boolean"}
         assert column["jsonPath"].startswith(".")
@@ -247,6 +248,7 @@ def test_status_documents_what_kubectl_explain_should_show(root_schema: JSON) ->
         "checkpoints",
         "artifacts",
         "model",
+        "evaluation",
         "error",
         "attempts",
         "worldSize",

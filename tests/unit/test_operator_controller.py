@@ -7,7 +7,9 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from kubetune_api.status import EvaluationStatus, FineTuneJobStatus, GateOutcome, Phase
 from kubetune_operator.controller import ERROR_BACKOFF_SECONDS, Controller
+from kubetune_operator.decide import Decision
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import OperatorSettings
 
@@ -86,3 +88,23 @@ def test_cancel_removes_the_children_before_the_status_says_cancelled_and_counts
     assert metrics.registry.get_sample_value("kubetune_finetunejob_phase_transitions_total", transitions) == 1
     assert metrics.registry.get_sample_value("kubetune_finetunejobs", {"phase": "Cancelled"}) == 1
     assert metrics.registry.get_sample_value("kubetune_finetunejob_failures_total", {"reason": "UserCancelled"}) is None
+def test_a_failed_gate_is_counted_once_by_metric_and_jobs_are_counted_by_verdict() -> None:
+    metrics = OperatorMetrics()
+    controller = Controller(OperatorSettings(), FailingKube(), metrics)  # type: ignore[arg-type]
+    running = FineTuneJobStatus(phase=Phase.RUNNING)
+    failed = FineTuneJobStatus(
+        phase=Phase.SUCCEEDED, evaluation=EvaluationStatus(result=GateOutcome.FAILED, metric="evalLoss")
+    )
+    passed = FineTuneJobStatus(
+        phase=Phase.SUCCEEDED, evaluation=EvaluationStatus(result=GateOutcome.PASSED, metric="evalLoss")
+    )
+    controller._record(("team", "a"), running, Decision(status=failed))
+    controller._record(("team", "a"), failed, Decision(status=failed))  # a later reconcile: not counted again
+    controller._record(("team", "b"), running, Decision(status=passed))
+    controller._record(("team", "c"), running, Decision(status=FineTuneJobStatus(phase=Phase.SUCCEEDED)))  # no gate
+    sample = metrics.registry.get_sample_value
+    assert sample("kubetune_finetunejob_evaluation_gate_failures_total", {"metric": "evalLoss"}) == 1
+    assert sample("kubetune_finetunejob_evaluations", {"result": "Failed"}) == 1
+    assert sample("kubetune_finetunejob_evaluations", {"result": "Passed"}) == 1
+    controller.forget(("team", "a"))
+    assert sample("kubetune_finetunejob_evaluations", {"result": "Failed"}) == 0

@@ -928,3 +928,71 @@ def test_status_shows_the_world_size_from_admission() -> None:
     plan = decide(snap(spec(resources={"gpus": 8, "nodes": 2})), SETTINGS)
     assert plan.status.world_size == 16
     assert decide(snap(spec(resources={"gpus": 0})), SETTINGS).status.world_size == 1
+
+
+# -- the evaluation gate -------------------------------------------------------------------------
+
+GATED_SPEC = spec(evaluation={"gate": {"metric": "evalLoss", "threshold": 1.0, "mustBeatBaseline": True}})
+
+
+def finish_with(raw: JSON, summary: JSON | None) -> Decision:
+    message = json.dumps({"status": "Succeeded", "job": "ft", "step": 100, "totalSteps": 100, **(summary or {})})
+    done = kpod(phase="Succeeded", exit_code=0, message=message if summary is not None else None)
+    return decide(snap(raw, accepted(raw), jobs=(kjob(condition=("Complete", "")),), pods=(done,)), SETTINGS)
+
+
+def test_a_passed_gate_sets_evaluation_passed_and_a_normal_event() -> None:
+    verdict = {"passed": True, "metric": "evalLoss", "value": 0.9, "threshold": 1.0, "baseline": 2.5,
+               "mustBeatBaseline": True, "reason": "ThresholdMet", "message": "evalLoss 0.9, at most 1"}  # fmt: skip
+    plan = finish_with(GATED_SPEC, {"eval": {"baseline": {"loss": 2.5}, "finetuned": {"loss": 0.9}}, "gate": verdict})
+    assert plan.status.phase == Phase.SUCCEEDED
+    passed = conditions(plan)["EvaluationPassed"]
+    assert (passed.status, passed.reason, passed.message) == ("True", "ThresholdMet", "evalLoss 0.9, at most 1")
+    assert ("Normal", "EvaluationPassed") in [(e.type, e.reason) for e in plan.events]
+    assert plan.status.evaluation is not None and plan.status.evaluation.result == "Passed"
+    assert plan.status.to_wire()["evaluation"]["result"] == "Passed"  # the EVAL column
+
+
+def test_a_failed_gate_is_a_warning_but_the_job_succeeds_with_its_adapter() -> None:
+    summary = {"eval": {"baseline": {"loss": 2.5}, "finetuned": {"loss": 1.7}}, "adapterUri": "s3://artifacts/run/"}
+    plan = finish_with(GATED_SPEC, summary)  # no verdict in the summary: the operator judges the numbers
+    assert plan.status.phase == Phase.SUCCEEDED and plan.status.error is None
+    failed = conditions(plan)["EvaluationPassed"]
+    assert (failed.status, failed.reason) == ("False", "ThresholdNotMet")
+    assert failed.message == "evalLoss 1.7 is above the maximum 1"
+    assert conditions(plan)["Complete"].status == "True"
+    assert "the evaluation gate failed (ThresholdNotMet)" in conditions(plan)["Complete"].message
+    [warning] = [e for e in plan.events if e.reason == "EvaluationGateFailed"]
+    assert warning.type == "Warning"
+    assert warning.message == (
+        "ThresholdNotMet: evalLoss 1.7 is above the maximum 1; the adapter is published at s3://artifacts/run/"
+    )
+    evaluation = plan.status.evaluation
+    assert evaluation is not None and evaluation.result == "Failed"
+    assert (evaluation.value, evaluation.threshold, evaluation.baseline) == (1.7, 1.0, 2.5)
+
+
+def test_not_better_than_the_baseline_is_its_own_reason() -> None:
+    plan = finish_with(GATED_SPEC, {"eval": {"baseline": {"loss": 0.8}, "finetuned": {"loss": 0.9}}})
+    assert conditions(plan)["EvaluationPassed"].reason == "NotBetterThanBaseline"
+
+
+def test_no_gate_no_condition_and_no_event() -> None:
+    plan = finish_with(spec(), {"eval": {"baseline": {"loss": 2.5}, "finetuned": {"loss": 0.9}}})
+    assert "EvaluationPassed" not in conditions(plan)
+    assert not {"EvaluationPassed", "EvaluationGateFailed"} & set(reasons(plan))
+    assert plan.status.evaluation is not None and plan.status.evaluation.result is None  # the numbers only
+    assert plan.status.evaluation.eval_loss == 0.9
+
+
+def test_a_gate_with_nothing_reported_is_unknown_with_a_warning() -> None:
+    plan = finish_with(GATED_SPEC, None)  # the pod left no summary
+    unknown = conditions(plan)["EvaluationPassed"]
+    assert (unknown.status, unknown.reason) == ("Unknown", "NotReported")
+    assert ("Warning", "EvaluationNotReported") in [(e.type, e.reason) for e in plan.events]
+    assert plan.status.phase == Phase.SUCCEEDED
+
+
+def test_the_verdict_event_follows_the_succeeded_event() -> None:
+    plan = finish_with(GATED_SPEC, {"eval": {"baseline": {"loss": 2.5}, "finetuned": {"loss": 1.7}}})
+    assert reasons(plan)[-2:] == ["Succeeded", "EvaluationGateFailed"]

@@ -7,21 +7,25 @@ from typing import Any
 
 import pytest
 
+from kubetune_api.gate import judge_gate
 from kubetune_api.protocol import (
     CheckpointRecord,
     EvalResult,
     Evaluations,
+    GateResult,
     ProgressReport,
     RunStatus,
     RunSummary,
     TrainerPhase,
 )
-from kubetune_api.spec import FineTuneJobSpec
+from kubetune_api.spec import EvaluationSpec, FineTuneJobSpec
 from kubetune_api.status import (
     ArtifactsStatus,
     CheckpointStatus,
     DataQualityStatus,
+    EvaluationStatus,
     FineTuneJobStatus,
+    GateOutcome,
     MetricsStatus,
     Phase,
     PreflightWarning,
@@ -30,6 +34,8 @@ from kubetune_api.status import (
 from kubetune_operator.status_from_reports import (
     apply_progress,
     apply_summary,
+    evaluation_status,
+    gate_result,
     job_phase,
     merge_checkpoints,
     preflight_status,
@@ -242,3 +248,60 @@ def test_preflight_status_of_a_report_without_quality_has_none_and_a_long_messag
     )
     out = preflight_status(PREFLIGHT.model_copy(update={"quality": long}), SPEC, gpu_memory_gib=80)
     assert out.warnings is not None and len(out.warnings[0].message) == 1024 and out.warnings[0].code == "SomethingNew"
+# -- status.evaluation ---------------------------------------------------------------------------
+
+GATED = SPEC.model_copy(
+    update={"evaluation": EvaluationSpec.model_validate({"gate": {"metric": "evalLoss", "threshold": 1.0}})}
+)
+EVALS = Evaluations(
+    baseline=EvalResult(loss=2.512345, perplexity=12.3, scores={"numeric": 0.1}, metric="numeric", samples=50),
+    finetuned=EvalResult(loss=0.912345, perplexity=2.49, scores={"numeric": 0.8}, metric="numeric", samples=50),
+)
+
+
+def test_evaluation_status_without_a_gate_has_the_numbers_and_no_verdict() -> None:
+    evaluation = evaluation_status(RunSummary(status=RunStatus.SUCCEEDED, eval=EVALS), SPEC)
+    assert evaluation == EvaluationStatus(
+        eval_loss=0.9123,
+        baseline_eval_loss=2.5123,
+        perplexity=2.49,
+        baseline_perplexity=12.3,
+        generation_metric="numeric",
+        score=0.8,
+        baseline_score=0.1,
+        samples=50,
+    )
+
+
+def test_evaluation_status_copies_the_trainers_verdict() -> None:
+    verdict = GateResult(
+        passed=False, metric="evalLoss", value=0.912345, threshold=0.5, baseline=2.512345, reason="ThresholdNotMet",
+        message="evalLoss 0.9123 is above the maximum 0.5",
+    )  # fmt: skip
+    evaluation = evaluation_status(RunSummary(status=RunStatus.SUCCEEDED, eval=EVALS, gate=verdict), GATED)
+    assert evaluation is not None and evaluation.result == GateOutcome.FAILED
+    assert (evaluation.metric, evaluation.value, evaluation.threshold, evaluation.baseline) == (
+        "evalLoss", 0.9123, 0.5, 2.5123
+    )  # fmt: skip
+    assert evaluation.reason == "ThresholdNotMet" and evaluation.message == "evalLoss 0.9123 is above the maximum 0.5"
+    assert evaluation.model_dump(mode="json", by_alias=True)["result"] == "Failed"
+
+
+def test_without_the_trainers_verdict_the_operator_judges_the_evaluations_itself() -> None:
+    """An older trainer, or a summary trimmed of its gate: the same judge_gate, from the same numbers."""
+    summary = RunSummary(status=RunStatus.SUCCEEDED, eval=EVALS)
+    assert gate_result(summary, GATED) == judge_gate(GATED.evaluation.gate, EVALS)  # type: ignore[arg-type]
+    evaluation = evaluation_status(summary, GATED)
+    assert evaluation is not None and evaluation.result == GateOutcome.PASSED and evaluation.reason == "ThresholdMet"
+
+
+def test_no_gate_and_nothing_evaluated_leaves_status_evaluation_unset() -> None:
+    assert evaluation_status(RunSummary(status=RunStatus.SUCCEEDED), SPEC) is None
+    assert gate_result(RunSummary(status=RunStatus.SUCCEEDED), GATED) is None  # nothing to judge
+
+
+def test_apply_summary_fills_status_evaluation() -> None:
+    status = running_status()
+    apply_summary(status, RunSummary(status=RunStatus.SUCCEEDED, eval=EVALS), GATED, max_checkpoints=10)
+    assert status.evaluation is not None and status.evaluation.result == GateOutcome.PASSED
+    assert status.to_wire()["evaluation"]["result"] == "Passed"

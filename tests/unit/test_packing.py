@@ -238,5 +238,26 @@ def test_eval_loss_packed_equals_unpacked(model_and_encoder: tuple[Any, Encoder]
     device = torch.device("cpu")
     packed = eval_loss(model, packed_seqs, batch_size, 0, device)
     plain = eval_loss(model, unpacked(examples), batch_size, 0, device)
-    assert packed["tokens"] == plain["tokens"] == sum(e.trainable_tokens for e in examples)
-    assert packed["loss"] == pytest.approx(plain["loss"], abs=1e-5)
+    assert packed.summary()["tokens"] == plain.summary()["tokens"] == sum(e.trainable_tokens for e in examples)
+    assert packed.summary()["loss"] == pytest.approx(plain.summary()["loss"], abs=1e-5)
+    # Each row's own loss too, though packing reordered and merged the rows.
+    assert packed.row_tokens == plain.row_tokens == [e.trainable_tokens for e in examples]
+    for packed_sum, plain_sum in zip(packed.row_loss_sums, plain.row_loss_sums, strict=True):
+        assert packed_sum == pytest.approx(plain_sum, abs=1e-4)
+
+
+def test_eval_loss_is_transformers_own_loss_and_rows_add_up(model_and_encoder: tuple[Any, Encoder]) -> None:
+    """The loss computed from the logits is what the model computes from labels, and the rows' sums add up
+    to it; a row's loss is that row evaluated alone."""
+    model, encoder = model_and_encoder
+    examples = _encode(encoder, PAIRS)
+    packed = eval_loss(model, pack(examples, 64), 4, 0, torch.device("cpu"))
+    assert sum(packed.row_loss_sums) == pytest.approx(packed.loss_sum, rel=1e-9)
+    assert sum(packed.row_tokens) == packed.tokens
+    for index, example in enumerate(examples):
+        seq = TrainSequence()
+        seq.add(example)
+        batch = collate([seq], 0)
+        with torch.no_grad():
+            reference = model(**batch, use_cache=False).loss  # transformers' mean over labelled tokens
+        assert packed.row_loss_sums[index] / packed.row_tokens[index] == pytest.approx(float(reference), abs=1e-4)

@@ -18,6 +18,7 @@ from kubetune_api.protocol import (
     EvalResult,
     Evaluations,
     FailureReason,
+    GateResult,
     PreflightReport,
     ProgressReport,
     QualityCode,
@@ -349,3 +350,11 @@ def test_data_quality_failed_is_a_user_error_never_retried_with_its_own_exit_cod
         "preflight.failOnWarnings is true and the data-quality report has 2 warning(s): TruncatedRows: cut; "
         "DroppedRows: gone"
     )
+def test_the_gate_verdict_is_the_last_thing_a_trimmed_termination_message_drops() -> None:
+    """eval goes before the gate: the operator needs the verdict for EvaluationPassed, and could only judge
+    again from eval."""
+    gate = GateResult(passed=False, metric="evalLoss", value=3.4, threshold=1.0, reason="ThresholdNotMet", message="m")
+    crowded = SUMMARY.model_copy(update={"gate": gate, "adapter_uri": "s3://b/" + "k" * 3900})
+    parsed = parse_termination_message(crowded.to_termination_message())
+    assert isinstance(parsed, RunSummary) and parsed.gate == gate
+    assert parsed.eval is None and parsed.adapter_uri is None

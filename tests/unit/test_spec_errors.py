@@ -52,12 +52,40 @@ CASES = [
         "spec.storage.endpoint: must be an http:// or https:// URL, e.g. https://minio.example:9000, got 'minio:9000'",
         id="named-pattern",
     ),
+    pytest.param(
+        ("evaluation", "gate", {"metric": "exact_match", "threshold": 0.5}),
+        "spec.evaluation.gate: metric exact_match needs generated answers: set evaluation.exactMatch: true, "
+        "or gate on evalLoss or perplexity",
+        id="gate-on-generation-without-generation",
+    ),
+    pytest.param(
+        ("evaluation", "metric", "numeric"),
+        "spec.evaluation.metric: numeric is only computed when evaluation.exactMatch is true",
+        id="metric-without-generation",
+    ),
+    pytest.param(
+        ("evaluation", "gate", {"metric": "evalLoss"}),
+        "spec.evaluation.gate: set threshold, mustBeatBaseline or both: a gate without a bar passes everything",
+        id="gate-without-a-bar",
+    ),
+    pytest.param(
+        ("evaluation", "gate", {"metric": "perplexity", "threshold": 10, "mustBeatBaselin": True}),
+        "spec.evaluation.gate.mustBeatBaselin: unknown field; did you mean mustBeatBaseline?",
+        id="gate-typo",
+    ),
+    pytest.param(
+        ("dataset", "validationSplit", 0),
+        "spec: evaluation.gate needs validation rows: set dataset.validation or a dataset.validationSplit above 0",
+        id="gate-without-validation-rows",
+    ),
 ]
 
 
 def edited(section: str, key: str, value: Any) -> dict[str, Any]:
     manifest = copy.deepcopy(MANIFEST)
     manifest["spec"].setdefault(section, {})[key] = value
+    if (section, key) == ("dataset", "validationSplit"):  # no validation rows, for a gate that needs them
+        manifest["spec"]["evaluation"] = {"gate": {"metric": "evalLoss", "threshold": 2.0}}
     return manifest
 
 

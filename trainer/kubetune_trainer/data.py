@@ -19,7 +19,7 @@ import json
 import random
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,9 @@ class Row:
     messages: tuple[Message, ...] = ()
     prompt: str = ""
     completion: str = ""
+    # The row's other keys with a scalar value (e.g. "category"), as text: what the error analysis
+    # groups by (evaluation.groupBy). Not hashed: a row's identity is its content.
+    fields: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def is_chat(self) -> bool:
@@ -138,8 +141,30 @@ def _parse_messages(raw: Any) -> tuple[Message, ...]:
     return tuple(messages)
 
 
+# Keys each format reads; any other key with a scalar value is kept in Row.fields.
+CONTENT_KEYS: dict[DatasetFormat, frozenset[str]] = {
+    **FORMAT_KEYS,
+    DatasetFormat.INSTRUCTION: frozenset({"instruction", "input", "output"}),
+}
+
+
+def extra_fields(row: dict[str, Any], fmt: DatasetFormat) -> dict[str, str]:
+    """Scalar keys beyond the format's own, as text (strings as they are, others as JSON: true, 3, 1.5)."""
+    return {
+        key: value if isinstance(value, str) else json.dumps(value)
+        for key, value in row.items()
+        if key not in CONTENT_KEYS[fmt] and isinstance(value, str | int | float | bool)
+    }
+
+
 def parse_row(row: dict[str, Any], fmt: DatasetFormat, source: str) -> Row:
     """Validate one decoded JSON object as `fmt`. Raises ValueError with the problem."""
+    parsed = _parse_content(row, fmt, source)
+    fields = extra_fields(row, fmt)
+    return replace(parsed, fields=fields) if fields else parsed
+
+
+def _parse_content(row: dict[str, Any], fmt: DatasetFormat, source: str) -> Row:
     missing = FORMAT_KEYS[fmt] - set(row)
     if missing:
         raise ValueError(f"missing field(s) {sorted(missing)} for {fmt.value} format (found {sorted(row)})")

@@ -1,16 +1,37 @@
-"""Evaluation: loss and perplexity on validation sequences, and exact match by generation."""
+"""Evaluation: loss and perplexity on validation sequences (per row too), and generated answers.
+
+Scoring the answers and the error analysis are pure (eval_report); this module runs the model.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn import functional
 
 from kubetune_trainer.data import Row
-from kubetune_trainer.encode import Encoder
+from kubetune_trainer.encode import IGNORE_INDEX, Encoder
+from kubetune_trainer.eval_report import Answer
 from kubetune_trainer.packing import TrainSequence, iterate_batches
+
+
+@dataclass
+class LossEvaluation:
+    """Loss per trainable token over the whole set, and each row's loss sum and token count,
+    indexed like the examples the sequences were built from (PreparedData.validation_rows)."""
+
+    loss_sum: float = 0.0
+    tokens: int = 0
+    row_loss_sums: list[float] = field(default_factory=list)
+    row_tokens: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        loss = self.loss_sum / self.tokens if self.tokens else float("nan")
+        return {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50.0)), 4), "tokens": self.tokens}
 
 
 @torch.no_grad()
@@ -20,34 +41,56 @@ def eval_loss(
     batch_size: int,
     pad_id: int,
     device: torch.device,
-) -> dict[str, float]:
-    """Mean loss per trainable token over the whole set (not a mean of batch means)."""
+) -> LossEvaluation:
+    """Mean loss per trainable token over the whole set (not a mean of batch means), and per row.
+
+    The loss is computed here from the logits, as transformers' causal-LM loss does (fp32 logits,
+    shifted labels, summed cross-entropy over labelled tokens), one sequence at a time so the fp32
+    logits of a whole batch are never held at once. Token losses are then summed per packed row:
+    a row starts where its position_ids restart at 0, and each sequence lists its rows in order.
+    """
     was_training = model.training
     model.eval()
-    total_loss, total_tokens = 0.0, 0
-    for batch in iterate_batches(sequences, batch_size, pad_id):
-        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
-        if n_tokens == 0:
+    n_rows = 1 + max((i for s in sequences for i in s.examples), default=-1)
+    result = LossEvaluation(row_loss_sums=[0.0] * n_rows, row_tokens=[0] * n_rows)
+    starts = range(0, len(sequences), batch_size)
+    for start, batch in zip(starts, iterate_batches(sequences, batch_size, pad_id), strict=True):
+        chunk = sequences[start : start + batch_size]
+        if not any(s.trainable_tokens for s in chunk):
             continue
-        batch = {k: v.to(device) for k, v in batch.items()}
         # use_cache=False matters: with a KV cache, transformers skips the packed-sequence mask.
-        out = model(**batch, num_items_in_batch=torch.tensor(n_tokens, device=device), use_cache=False)
-        total_loss += float(out.loss) * n_tokens
-        total_tokens += n_tokens
+        out = model(
+            input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False
+        )
+        for row, seq in enumerate(chunk):
+            labels = batch["labels"][row, 1:].to(device)
+            token_loss = functional.cross_entropy(
+                out.logits[row, :-1].float(), labels, ignore_index=IGNORE_INDEX, reduction="none"
+            ).cpu()
+            labelled = labels.cpu() != IGNORE_INDEX
+            # The packed row each predicted token (position t + 1) belongs to.
+            segment = (batch["position_ids"][row] == 0).cumsum(0)[1:] - 1
+            segment, losses = segment[labelled], token_loss[labelled].double()
+            sums = torch.zeros(len(seq.examples), dtype=torch.float64).scatter_add_(0, segment, losses)
+            counts = torch.bincount(segment, minlength=len(seq.examples))
+            for k, example in enumerate(seq.examples):
+                result.row_loss_sums[example] += float(sums[k])
+                result.row_tokens[example] += int(counts[k])
+            result.loss_sum += float(losses.sum())
+            result.tokens += int(labelled.sum())
     model.train(was_training)
-    loss = total_loss / total_tokens if total_tokens else float("nan")
-    return {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50.0)), 4), "tokens": total_tokens}
+    return result
 
 
-def _normalise(text: str, stop_strings: Sequence[str] = ()) -> str:
-    """Cut at the first stop string (e.g. a text-level <|im_end|>), then collapse whitespace."""
+def cut_at_stop(text: str, stop_strings: Sequence[str] = ()) -> str:
+    """Cut at the first stop string (e.g. a text-level <|im_end|>)."""
     for stop in stop_strings:
         text = text.split(stop, 1)[0]
-    return " ".join(text.split())
+    return text
 
 
 @torch.no_grad()
-def exact_match(
+def generate_answers(
     model: Any,
     tokenizer: Any,
     encoder: Encoder,
@@ -56,13 +99,12 @@ def exact_match(
     max_new_tokens: int,
     device: torch.device,
     batch_size: int = 32,
-) -> dict[str, Any]:
-    """Greedy-decode the answer for up to `max_samples` rows; compare whitespace-normalised."""
+) -> list[Answer]:
+    """Greedy-decode the answer for the first `max_samples` rows, cut at the template's stop strings."""
     was_training = model.training
     model.eval()
     sample = list(rows[:max_samples])
-    hits = 0
-    examples: list[dict[str, str]] = []
+    answers: list[Answer] = []
     tokenizer.padding_side = "left"
     for start in range(0, len(sample), batch_size):
         chunk = sample[start : start + batch_size]
@@ -76,16 +118,9 @@ def exact_match(
             eos_token_id=tokenizer.eos_token_id,
             use_cache=True,
         )
-        answers = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        for prompt, reference, answer in zip(prompts, references, answers, strict=True):
-            hit = _normalise(answer, encoder.stop_strings) == _normalise(reference)
-            hits += hit
-            if len(examples) < 5:
-                examples.append({"prompt": prompt[-200:], "reference": reference, "prediction": answer})
+        texts = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for offset, (prompt, reference, text) in enumerate(zip(prompts, references, texts, strict=True)):
+            answers.append(Answer(start + offset, prompt, reference, cut_at_stop(text, encoder.stop_strings)))
     tokenizer.padding_side = "right"
     model.train(was_training)
-    return {
-        "exact_match": round(hits / len(sample), 4) if sample else None,
-        "samples": len(sample),
-        "examples": examples,
-    }
+    return answers

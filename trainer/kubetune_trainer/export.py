@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_api.protocol import DataStats, Evaluations, ModelReport, RunStatus, RunSummary, StepPlan
+from kubetune_api.protocol import DataStats, Evaluations, GateResult, ModelReport, RunStatus, RunSummary, StepPlan
 from kubetune_api.status import rfc3339
 from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer.errors import ExportFailed, KubetuneError
@@ -61,6 +61,7 @@ def existing_result(storage: Storage, config: TrainerConfig) -> RunSummary | Non
         total_steps=training.get("steps", 0),
         trained_tokens=training.get("trainedTokens", 0),
         eval=Evaluations.model_validate(manifest.get("eval") or {}),
+        gate=GateResult.model_validate(manifest["gate"]) if manifest.get("gate") else None,
         adapter_uri=config.output.uri,
         manifest_uri=manifest_uri,
         already_complete=True,
@@ -70,7 +71,8 @@ def existing_result(storage: Storage, config: TrainerConfig) -> RunSummary | Non
 def write_reports(
     out: Path, config: TrainerConfig, state: TrainState, stats: DataStats, evals: dict[str, dict[str, Any]]
 ) -> None:
-    """metrics.json, eval.json (with the exact-match examples), the loss curve and the model card."""
+    """metrics.json, eval.json (with the generated examples, the gate's verdict and the error
+    analysis), the loss curve and the model card."""
     metrics = {"loss_curve": state.loss_history, "data": stats.model_dump(by_alias=False)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "eval.json").write_text(json.dumps(evals, indent=2))
@@ -94,6 +96,7 @@ def build_manifest(
     stats: DataStats,
     evaluations: Evaluations,
     timings: dict[str, float],
+    gate: GateResult | None = None,
 ) -> dict[str, Any]:
     """The provenance record (manifest.json) before `publish` adds the artifacts' hashes."""
     return {
@@ -122,6 +125,8 @@ def build_manifest(
         },
         "data": stats.model_dump(by_alias=False),
         "eval": evaluations.model_dump(mode="json", by_alias=False, exclude_none=True),
+        # The adapter is published whether it passed or not; this says which.
+        "gate": gate.model_dump(mode="json", by_alias=False, exclude_none=True) if gate else None,
         "timingsSeconds": {**timings, "trainingTotal": round(state.elapsed_seconds, 3)},
         "libraries": library_versions(),
     }
@@ -162,6 +167,7 @@ def model_card(job: str, base_model: str, dataset: str, lora: dict[str, Any], ev
     ]
     if "exact_match" in tuned:
         rows.append(("exact match", _fmt(base.get("exact_match"), ".1%"), _fmt(tuned.get("exact_match"), ".1%")))
+    rows += generation_metric_rows(base, tuned)
     table = "\n".join(f"| {name} | {b} | {t} |" for name, b, t in rows)
     return f"""---
 library_name: peft
@@ -179,7 +185,7 @@ Trained by kubetune from `{base_model}` on `{dataset}`.
 
 LoRA: r={lora.get("r")}, alpha={lora.get("alpha")}, dropout={lora.get("dropout")},
 targets={lora.get("target_modules")}.
-
+{evaluation_sections(evals)}
 ## Use
 
 ```python
@@ -194,6 +200,64 @@ tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 Provenance (data and model fingerprints, config, library versions) is in `manifest.json`;
 the loss curve is `loss_curve.png`, metrics per step are in `metrics.json`.
 """
+
+
+def generation_metric_rows(base: dict[str, Any], tuned: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The model card's rows for the generation metrics other than exact match (shown above)."""
+    base_scores, tuned_scores = base.get("scores") or {}, tuned.get("scores") or {}
+    return [
+        (name.replace("_", " "), _fmt(base_scores.get(name), ".1%"), _fmt(value, ".1%"))
+        for name, value in tuned_scores.items()
+        if name != "exact_match"
+    ]
+
+
+def _cell(text: str, limit: int = 80) -> str:
+    """Text for one Markdown table cell: one line, pipes escaped, bounded."""
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def evaluation_sections(evals: dict[str, Any]) -> str:
+    """The model card's "Evaluation gate" and "Error analysis" sections, from eval.json's content."""
+    parts: list[str] = []
+    gate = evals.get("gate")
+    if gate:
+        verdict = "**passed**" if gate["passed"] else "**failed**"
+        parts.append(
+            f"\n## Evaluation gate\n\nThe gate on `{gate['metric']}` {verdict} ({gate['reason']}): {gate['message']}.\n"
+            "The adapter is published either way; `manifest.json` and `eval.json` record the verdict.\n"
+        )
+    analysis = evals.get("error_analysis")
+    if not analysis:
+        return "".join(parts)
+    parts.append("\n## Error analysis\n")
+    worst = analysis.get("worst_rows") or []
+    if worst:
+        parts.append("\nValidation rows with the highest loss (fine-tuned model, per trainable token):\n\n")
+        parts.append("| row | loss | tokens |\n|---|---|---|\n")
+        parts.extend(f"| `{_cell(w['source'])}` | {w['loss']:.4f} | {w['tokens']} |\n" for w in worst)
+    failures = analysis.get("failures")
+    if failures is not None:
+        total = analysis.get("failures_total", len(failures))
+        parts.append(f"\nAnswers `{analysis.get('metric')}` rejected: {total}")
+        parts.append(f" (the first {len(failures)} below).\n" if failures and total > len(failures) else ".\n")
+        if failures:
+            parts.append("\n| row | expected | generated |\n|---|---|---|\n")
+            parts.extend(
+                f"| `{_cell(f['source'])}` | {_cell(f['expected'])} | {_cell(f['generated'])} |\n" for f in failures
+            )
+    groups = analysis.get("groups")
+    if groups:
+        metric = analysis.get("metric") or "metric"
+        parts.append(f"\nBy `{analysis['group_by']}`:\n\n| {_cell(analysis['group_by'])} | rows | loss | {metric} |\n")
+        parts.append("|---|---|---|---|\n")
+        parts.extend(
+            f"| {_cell(g['value'])} | {g['rows']} | {_fmt(g['loss'])} | {_fmt(g.get('metric'), '.1%')} |\n"
+            for g in groups
+        )
+    parts.append("\nThe full analysis, with the prompts, is in `eval.json` (`error_analysis`).\n")
+    return "".join(parts)
 
 
 def publish(

@@ -19,6 +19,7 @@ from kubetune_api.protocol import StepPlan, TrainerPhase
 from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer.architectures import Architecture, classify
 from kubetune_trainer.encode import Encoder
+from kubetune_trainer.eval_report import check_group_by
 from kubetune_trainer.modeling import check_seq_length, load_tokenizer, model_max_length
 from kubetune_trainer.prepare import PreparedData, plan_steps, prepare
 from kubetune_trainer.storage import Storage
@@ -65,5 +66,7 @@ def load_inputs(
         data = prepare(
             config.dataset, config.training, encoder, train_path, validation_path, model_max_length(model_dir)
         )
+        validation_name = config.dataset.validation or f"the validation split of {config.dataset.train}"
+        check_group_by(data.validation_rows, config.evaluation.group_by, validation_name)
     plan = plan_steps(config.training, data.stats, device_type, world_size)
     return JobInputs(model_dir, architecture, tokenizer, encoder, data, plan)

@@ -25,19 +25,25 @@ class TrainSequence:
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     position_ids: list[int] = field(default_factory=list)
-    n_examples: int = 0
+    # Which examples it holds, in order: their indices in the list packed. Evaluation uses them to
+    # give each validation row its own loss (a row starts where position_ids restart at 0).
+    examples: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def add(self, example: Encoded) -> None:
+    @property
+    def n_examples(self) -> int:
+        return len(self.examples)
+
+    def add(self, example: Encoded, index: int = -1) -> None:
         labels = list(example.labels)
         if labels:
             labels[0] = IGNORE_INDEX  # nothing before it in its own example predicts it
         self.input_ids.extend(example.input_ids)
         self.labels.extend(labels)
         self.position_ids.extend(range(len(example.input_ids)))
-        self.n_examples += 1
+        self.examples.append(index)
 
     @property
     def trainable_tokens(self) -> int:
@@ -46,9 +52,9 @@ class TrainSequence:
 
 def unpacked(examples: Sequence[Encoded]) -> list[TrainSequence]:
     sequences = []
-    for example in examples:
+    for index, example in enumerate(examples):
         seq = TrainSequence()
-        seq.add(example)
+        seq.add(example, index)
         sequences.append(seq)
     return sequences
 
@@ -88,7 +94,7 @@ def pack(examples: Sequence[Encoded], max_length: int) -> list[TrainSequence]:
         else:
             bins.append(TrainSequence())
             index, capacity = len(bins) - 1, max_length
-        bins[index].add(example)
+        bins[index].add(example, i)
         _put(index, capacity - size)
     return bins
 

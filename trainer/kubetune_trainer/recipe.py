@@ -28,6 +28,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
+from kubetune_api.gate import judge_gate
 from kubetune_api.protocol import (
     EvalResult,
     Evaluations,
@@ -42,7 +43,8 @@ from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer import export, modeling, quality, quantization, sharding
 from kubetune_trainer.checkpoint import CheckpointStore, TrainState, rescale_position, resume_key
 from kubetune_trainer.errors import UnsupportedModel
-from kubetune_trainer.evaluate import eval_loss, exact_match
+from kubetune_trainer.eval_report import Answer, error_analysis, score_answers
+from kubetune_trainer.evaluate import eval_loss, generate_answers
 from kubetune_trainer.inputs import JobInputs, load_inputs
 from kubetune_trainer.memory import estimate_memory
 from kubetune_trainer.packing_check import check_packing
@@ -119,14 +121,14 @@ class LoRAFinetuneRecipe:
             return done
         session = self.setup()
         if session.resumed_from is None:
-            session.state.baseline = self.evaluate(session, "baseline")
+            session.state.baseline, _ = self.evaluate(session, "baseline")
         self.reporter.update(
             baseline_eval_loss=(session.state.baseline or {}).get("loss"), total_steps=session.inputs.plan.total_steps
         )
         self.train(session)
-        finetuned = self.evaluate(session, "fine-tuned")
+        finetuned, analysis = self.evaluate(session, "fine-tuned", analyse=True)
         self.reporter.update(eval_loss=finetuned.get("loss"))
-        summary = self.export(session, {"baseline": session.state.baseline or {}, "finetuned": finetuned})
+        summary = self.export(session, {"baseline": session.state.baseline or {}, "finetuned": finetuned}, analysis)
         self.reporter.update(phase=TrainerPhase.DONE)
         return summary
 
@@ -290,28 +292,34 @@ class LoRAFinetuneRecipe:
         session.state = train(ctx, session.state)
         self.timings["Training"] = round(time.perf_counter() - started, 3)
 
-    def evaluate(self, session: Session, label: str) -> dict[str, Any]:
-        """Loss and perplexity (and exact match, when asked) on the validation rows; {} without them.
+    def evaluate(
+        self, session: Session, label: str, analyse: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Loss and perplexity (and the generation metrics, when asked) on the validation rows; {}
+        without them. With `analyse`, also the error analysis (eval_report) of this model.
 
-        The full result, exact-match examples included, is what eval.json and the model card show.
+        The full result, generated examples included, is what eval.json and the model card show.
         """
         with self._phase(TrainerPhase.EVALUATING):
-            result = self._evaluate_on_validation_rows(session)
+            result, analysis = self._evaluate_on_validation_rows(session, analyse)
         self.on_event(f"{label}: {_describe(result)}")
-        return result
+        return result, analysis
 
-    def _evaluate_on_validation_rows(self, session: Session) -> dict[str, Any]:
+    def _evaluate_on_validation_rows(
+        self, session: Session, analyse: bool
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         data, tokenizer, accelerator = session.inputs.data, session.inputs.tokenizer, session.accelerator
         if not data.validation:
-            return {}
+            return {}, None
         evaluation = self.config.evaluation
+        answers: list[Answer] = []
+        accepted: list[bool] = []
         with accelerator.autocast():
             pad_id = int(tokenizer.pad_token_id)
-            result: dict[str, Any] = eval_loss(
-                session.model, data.validation, EVAL_BATCH_SIZE, pad_id, accelerator.device
-            )
+            losses = eval_loss(session.model, data.validation, EVAL_BATCH_SIZE, pad_id, accelerator.device)
+            result: dict[str, Any] = losses.summary()
             if evaluation.exact_match:
-                result |= exact_match(
+                answers = generate_answers(
                     accelerator.unwrap_model(session.model),
                     tokenizer,
                     session.inputs.encoder,
@@ -320,15 +328,34 @@ class LoRAFinetuneRecipe:
                     evaluation.max_new_tokens,
                     accelerator.device,
                 )
-        return result
+                scores, accepted = score_answers(answers, evaluation)
+                result |= scores
+        if not analyse:
+            return result, None
+        analysis = error_analysis(
+            data.validation_rows, losses.row_loss_sums, losses.row_tokens, answers, accepted, evaluation
+        )
+        return result, analysis
 
-    def export(self, session: Session, evals: dict[str, dict[str, Any]]) -> RunSummary:
-        """Publish the artifacts (rank 0 only) and say how the run ended."""
+    def export(
+        self, session: Session, evals: dict[str, dict[str, Any]], analysis: dict[str, Any] | None = None
+    ) -> RunSummary:
+        """Publish the artifacts (rank 0 only) and say how the run ended. The adapter is published
+        whether or not it passes the evaluation gate: the verdict travels with it."""
         cfg, state, accelerator = self.config, session.state, session.accelerator
         evaluations = Evaluations(
             baseline=EvalResult.model_validate(evals["baseline"]),
             finetuned=EvalResult.model_validate(evals["finetuned"]),
         )
+        gate = judge_gate(cfg.evaluation.gate, evaluations) if cfg.evaluation.gate is not None else None
+        if gate is not None:
+            verdict = "passed" if gate.passed else "Warning: failed"
+            self.on_event(f"evaluation gate {verdict} ({gate.reason}): {gate.message}")
+        reports: dict[str, dict[str, Any]] = dict(evals)
+        if gate is not None:
+            reports["gate"] = gate.model_dump(mode="json", by_alias=False, exclude_none=True)
+        if analysis is not None:
+            reports["error_analysis"] = analysis
         summary = RunSummary(
             status=RunStatus.SUCCEEDED,
             job=cfg.job_name,
@@ -337,6 +364,7 @@ class LoRAFinetuneRecipe:
             trained_tokens=state.trained_tokens,
             train_loss=state.loss_history[-1]["loss"] if state.loss_history else None,
             eval=evaluations,
+            gate=gate,
             model=session.model_report,
             checkpoints=self.reporter.report.checkpoints,
         )
@@ -346,7 +374,7 @@ class LoRAFinetuneRecipe:
             with self._phase(TrainerPhase.EXPORTING):
                 out = self.work_dir / "export"
                 self._save_model(out, session, adapter)
-                export.write_reports(out, cfg, state, session.inputs.data.stats, evals)
+                export.write_reports(out, cfg, state, session.inputs.data.stats, reports)
                 manifest = export.build_manifest(
                     cfg,
                     state=state,
@@ -361,6 +389,7 @@ class LoRAFinetuneRecipe:
                     stats=session.inputs.data.stats,
                     evaluations=evaluations,
                     timings=self.timings,
+                    gate=gate,
                 )
                 published = export.publish(self.storage, out, cfg.output.uri, manifest)
             summary.adapter_uri, summary.manifest_uri = published.adapter_uri, published.manifest_uri
@@ -408,6 +437,7 @@ def _describe(result: dict[str, Any]) -> str:
     if not result:
         return "no validation rows"
     parts = [f"eval loss {result['loss']:.4f}", f"perplexity {result['perplexity']:.2f}"]
-    if result.get("exact_match") is not None:
-        parts.append(f"exact match {result['exact_match']:.1%} of {result['samples']}")
+    if result.get("scores"):
+        metric = result["metric"]
+        parts.append(f"{metric.replace('_', ' ')} {result['scores'][metric]:.1%} of {result['samples']}")
     return ", ".join(parts)

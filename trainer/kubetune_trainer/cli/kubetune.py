@@ -246,7 +246,15 @@ def _print_summary(summary: RunSummary) -> None:
     ):
         if any(value is not None for value in values):
             table.add_row(label, *(fmt.format(value) if value is not None else "-" for value in values))
+    for name, value in (tuned.scores or {}).items():
+        if name != "exact_match":
+            baseline = (base.scores or {}).get(name)
+            table.add_row(name.replace("_", " "), "-" if baseline is None else f"{baseline:.1%}", f"{value:.1%}")
     console.print(table)
+    gate = summary.gate
+    if gate is not None:
+        verdict = "[green]passed[/green]" if gate.passed else "[red]failed[/red] (the adapter is published anyway)"
+        console.print(f"evaluation gate {verdict}: {gate.reason}: {gate.message}")
     console.print(
         f"steps: {summary.step}, trained tokens: {summary.trained_tokens:,}, time: {summary.duration_seconds:.1f}s"
     )
