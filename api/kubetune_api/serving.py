@@ -145,6 +145,10 @@ def check_tensor_names(names: Iterable[str], model_type: str | None) -> list[str
     embedding: set[str] = set()
     allowed = VLLM_LORA_MODULES.get(model_type or "")
     for key in names:
+        if ".base_layer." in key:
+            # vLLM skips these (lora_model.check_unexpected_modules, is_base_embedding_weights): PEFT
+            # saves the base embedding/head next to an adapter on it, and fused MoE experts so
+            continue
         if "lora_magnitude_vector" in key:
             problems.append(f"{key}: a DoRA magnitude vector; vLLM does not load DoRA adapters")
             break

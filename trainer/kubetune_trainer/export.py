@@ -187,9 +187,10 @@ def serving_section(serving: ServingHandoff | None) -> str:
         return ""
     check, snippets = serving.check, serving.snippets
     parts = ["## Serving", ""]
-    if check.compatible:
+    if check.compatible is not False:
+        verdict = "accepts this adapter" if check.compatible else "breaks none of its rules for this adapter"
         parts.append(
-            f"vLLM's LoRA loader accepts this adapter (rank {check.rank}: start vLLM with "
+            f"vLLM's LoRA loader {verdict} (rank {check.rank}: start vLLM with "
             f"`--max-lora-rank {check.max_lora_rank}`). The rules checked are listed in kubetune's docs/serving.md."
         )
     else:

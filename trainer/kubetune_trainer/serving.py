@@ -33,10 +33,14 @@ class VllmCheck:
     problems: list[str]
     rank: int  # adapter_config.json's r; 0 when unreadable
     notes: list[str] = field(default_factory=list)
+    targets_checked: bool = True  # False: the family is not in kubetune's table of vLLM LoRA layers
 
     @property
-    def compatible(self) -> bool:
-        return not self.problems
+    def compatible(self) -> bool | None:
+        """False: vLLM refuses it; True: it passes every rule; None: no rule broken, target names unchecked."""
+        if self.problems:
+            return False
+        return True if self.targets_checked else None
 
     @property
     def max_lora_rank(self) -> int | None:
@@ -76,13 +80,16 @@ def check_adapter_dir(adapter_dir: Path, model_type: str | None) -> VllmCheck:
         names = safetensors_names(weights_path)
     except (ValueError, OSError) as exc:
         return VllmCheck([f"{adapter_dir}: unreadable adapter: {exc}"], 0)
-    notes = []
-    if model_type not in VLLM_LORA_MODULES:
-        notes.append(
+    known = model_type in VLLM_LORA_MODULES
+    notes = (
+        []
+        if known
+        else [
             f"model_type {model_type!r} is not in kubetune's table of vLLM LoRA layers: "
             "target module names were not checked"
-        )
-    return VllmCheck(check_vllm_adapter(config, names, model_type), int(config.get("r") or 0), notes)
+        ]
+    )
+    return VllmCheck(check_vllm_adapter(config, names, model_type), int(config.get("r") or 0), notes, known)
 
 
 @dataclass(frozen=True)
