@@ -8,10 +8,11 @@ set of rules:
     vllm_max_lora_rank(r)                      -> the smallest `--max-lora-rank` choice >= r
     serving_snippets(job, base, adapter, ...)  -> `vllm serve` command, KServe InferenceService
 
-The rules restate vLLM's loader (vllm/lora/peft_helper.py, lora_model.py, utils.py,
-worker_manager.py, config/lora.py and the model classes' packed_modules_mapping); docs/serving.md
-lists each with its source. A problem is one sentence that names the field or tensor and says
-what to do.
+The rules restate vLLM's loader as released in vLLM 0.33.0 (vllm/lora/peft_helper.py,
+lora_model.py, utils.py, worker_manager.py, config/lora.py and the model classes'
+packed_modules_mapping); docs/serving.md lists each with its source, and
+tests/integration/test_vllm_loader_differential.py runs vLLM's own loader code against them.
+A problem is one sentence that names the field or tensor and says what to do.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ VLLM_LORA_MODULES: dict[str, frozenset[str]] = {
     "gemma2": _LLAMA_STYLE,
     "gemma3_text": _LLAMA_STYLE,
     "granite": _LLAMA_STYLE,
-    "olmo2": _LLAMA_STYLE,
     # Phi-3 checkpoints hold the fused layers themselves: packed_modules_mapping maps
     # qkv_proj -> [qkv_proj] and gate_up_proj -> [gate_up_proj].
     "phi3": frozenset({"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),
@@ -112,6 +112,7 @@ def check_adapter_config(config: Mapping[str, Any]) -> list[str]:
         ("layer_replication", "layer replication"),
         ("alora_invocation_tokens", "activated LoRA (aLoRA)"),
         ("use_qalora", "QALoRA"),
+        ("use_bdlora", "block-diagonal LoRA (BD-LoRA)"),
     ):
         if config.get(name):
             problems.append(f"{name}: vLLM does not support {what}")

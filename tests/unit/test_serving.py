@@ -80,6 +80,8 @@ BAD_CONFIGS = [
     ("pissa", {"init_lora_weights": "pissa"}, "init_lora_weights='pissa': changes the base weights"),
     ("layer-replication", {"layer_replication": [[0, 2]]}, "layer_replication: vLLM does not support"),
     ("qalora", {"use_qalora": True}, "use_qalora: vLLM does not support QALoRA"),
+    ("bdlora", {"use_bdlora": {"block_size": 4}}, "use_bdlora: vLLM does not support block-diagonal LoRA"),
+    ("alora", {"alora_invocation_tokens": [7]}, "alora_invocation_tokens: vLLM does not support activated LoRA"),
 ]
 
 
@@ -284,6 +286,7 @@ def test_the_card_gives_the_snippets_of_a_servable_adapter() -> None:
     snippets = handoff([]).snippets
     assert "## Serving" in card and "Warning" not in card
     assert "`--max-lora-rank 16`" in card
+    assert "vLLM reads local directories, not s3:// URIs" in card and "KServe cannot fetch file://" not in card
     assert "```bash\naws s3 sync s3://models/m/ ./base-model\n" in card
     assert "vllm serve ./base-model --enable-lora --max-lora-rank 16 --lora-modules run=./adapters/run\n```" in card
     isvc = card.split("```yaml\n", 1)[1].split("```", 1)[0]
@@ -307,3 +310,10 @@ def test_the_card_warns_when_vllm_cannot_serve_the_adapter() -> None:
 def test_no_handoff_no_section() -> None:
     assert serving_section(None) == ""
     assert "## Serving" not in model_card("run", "s3://m/", "s3://d/t.jsonl", {}, EVALS)
+
+
+def test_the_card_of_a_local_run_has_no_copy_step_and_says_kserve_needs_a_bucket() -> None:
+    snippets = serving_snippets("run", "file:///models/m/", "file:///runs/run/", 16)
+    section = serving_section(ServingHandoff(VllmCheck([], 16), snippets))
+    assert "```bash\nvllm serve /models/m --enable-lora" in section
+    assert "not s3:// URIs" not in section and "KServe cannot fetch file:// URIs" in section

@@ -181,6 +181,10 @@ def _code(language: str, text: str) -> str:
     return f"```{language}\n{text.rstrip()}\n```"
 
 
+_S3_COPY = ("vLLM reads local directories, not s3:// URIs: the copy steps come first.", "")
+_LOCAL_URIS = ("KServe cannot fetch file:// URIs: copy the model and adapter to a bucket or a volume first.",)
+
+
 def serving_section(serving: ServingHandoff | None) -> str:
     """The model card's "Serving" section: the vLLM check's verdict and ready-to-run snippets."""
     if serving is None:
@@ -206,14 +210,14 @@ def serving_section(serving: ServingHandoff | None) -> str:
             "",
             "### vLLM",
             "",
-            "vLLM reads local directories, not s3:// URIs: the copy steps come first.",
-            "",
+            *(_S3_COPY if "aws s3 sync" in snippets.vllm_command else ()),
             _code("bash", snippets.vllm_command),
             "",
             "### KServe",
             "",
             "Hugging Face serving runtime (vLLM backend); the storage initializer fetches both URIs "
             "(`storageUris`), with the S3 credentials of the predictor's service account.",
+            *(_LOCAL_URIS if "file://" in snippets.kserve_inference_service else ()),
             "",
             _code("yaml", snippets.kserve_inference_service),
         ]
