@@ -17,6 +17,7 @@ A problem is one sentence that names the field or tensor and says what to do.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -227,6 +228,11 @@ def _fetch(uri: str, local: str, endpoint: str | None, exclude: tuple[str, ...] 
     return None, uri.removeprefix("file://").rstrip("/") or "/"
 
 
+def _lora_module(name: str, path: str) -> str:
+    # vLLM's LoRAParserAction reads `name=path` only when there is no comma; otherwise JSON
+    return json.dumps({"name": name, "path": path}) if "," in path else f"{name}={path}"
+
+
 def _kserve_uri(uri: str) -> str:
     # KServe's storage initializer fetches s3://, gs://, hf:// and pvc://; a local path is shown as
     # given (docs/serving.md: copy it to a bucket or a volume first).
@@ -297,7 +303,7 @@ def serving_snippets(
             "--max-lora-rank",
             str(max_rank),
             "--lora-modules",
-            f"{name}={adapter_path}",
+            _lora_module(name, adapter_path),
         ]
         vllm_command = "\n".join(step for step in (base_step, adapter_step, shlex.join(serve)) if step)
         kserve = _isvc(
@@ -311,7 +317,7 @@ def serving_snippets(
                 f"--model_dir={BASE_MOUNT}",
                 "--enable-lora",
                 f"--max-lora-rank={max_rank}",
-                f"--lora-modules={name}={ADAPTER_MOUNT}",
+                f"--lora-modules={_lora_module(name, ADAPTER_MOUNT)}",
             ],
         )
     if merged:

@@ -16,15 +16,21 @@ embedding_modules. kubetune's check must say "compatible" exactly when vLLM load
 from __future__ import annotations
 
 import importlib
+import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+# vLLM resolves its platform once, lazily; on a machine without its CUDA kernels only the CPU one
+# can be resolved, and its CLI parser needs one.
+os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 pytest.importorskip("vllm.lora.lora_model", reason="vLLM is not importable here")
 
 import torch
 
+from kubetune_api.serving import serving_snippets
 from kubetune_trainer.serving import check_adapter_dir
 from model_zoo import build_tiny_model
 
@@ -126,3 +132,40 @@ def test_head_adapters_load_only_where_the_class_declares_them(models: dict[str,
     assert results["llama"] is None
     assert results["qwen2"] is not None and "lm_head" in results["qwen2"]
     assert results["mistral"] is not None and "lm_head" in results["mistral"]
+
+
+def vllm_cli(serve_line: str) -> Any:
+    """`vllm serve MODEL ARGS...` parsed by vLLM's own argument parser (MODEL is its --model)."""
+    from vllm.entrypoints.common.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    words = shlex.split(serve_line)
+    assert words[:2] == ["vllm", "serve"], serve_line
+    return make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", *words[2:]])
+
+
+def test_vllms_own_cli_parser_takes_the_snippets() -> None:
+    snippets = serving_snippets("support.bot", "s3://models/m/", "s3://artifacts/run/", 24, merged=True)
+    assert snippets.vllm_command is not None and snippets.merged_vllm_command is not None
+    args = vllm_cli(snippets.vllm_command.splitlines()[-1])
+    assert args.model == "./base-model" and args.enable_lora and args.max_lora_rank == 32
+    assert [(m.name, m.path) for m in args.lora_modules] == [("support-bot", "./adapters/support-bot")]
+    merged = vllm_cli(snippets.merged_vllm_command.splitlines()[-1])
+    assert merged.model == "./models/support-bot" and not merged.enable_lora
+    assert merged.served_model_name == ["support-bot"]
+
+
+def test_vllm_refuses_a_max_lora_rank_that_is_not_one_of_its_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    """Why the snippet rounds r up to a choice: `--max-lora-rank 24` is an argument error."""
+    with pytest.raises(SystemExit):
+        vllm_cli("vllm serve ./base-model --enable-lora --max-lora-rank 24")
+    assert "argument --max-lora-rank: invalid choice: 24 (choose from 1, 8, 16, 32, 64, 128, 256, 320, 512)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_an_adapter_path_with_a_comma_goes_as_json() -> None:
+    """vLLM reads `name=path` only without a comma; else --lora-modules is JSON."""
+    snippets = serving_snippets("run", "file:///models/m/", "file:///runs/a,b/", 8)
+    args = vllm_cli((snippets.vllm_command or "").splitlines()[-1])
+    assert [(m.name, m.path) for m in args.lora_modules] == [("run", "/runs/a,b")]

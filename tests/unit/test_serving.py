@@ -317,3 +317,9 @@ def test_the_card_of_a_local_run_has_no_copy_step_and_says_kserve_needs_a_bucket
     section = serving_section(ServingHandoff(VllmCheck([], 16), snippets))
     assert "```bash\nvllm serve /models/m --enable-lora" in section
     assert "not s3:// URIs" not in section and "KServe cannot fetch file:// URIs" in section
+
+
+def test_an_adapter_path_with_a_comma_is_passed_as_json() -> None:
+    snippets = serving_snippets("run", "file:///models/m/", "file:///runs/a,b/", 8)
+    serve = shlex.split((snippets.vllm_command or "").splitlines()[-1])
+    assert json.loads(serve[serve.index("--lora-modules") + 1]) == {"name": "run", "path": "/runs/a,b"}
