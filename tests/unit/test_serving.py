@@ -323,3 +323,21 @@ def test_an_adapter_path_with_a_comma_is_passed_as_json() -> None:
     snippets = serving_snippets("run", "file:///models/m/", "file:///runs/a,b/", 8)
     serve = shlex.split((snippets.vllm_command or "").splitlines()[-1])
     assert json.loads(serve[serve.index("--lora-modules") + 1]) == {"name": "run", "path": "/runs/a,b"}
+
+
+def test_the_example_in_docs_serving_md_is_what_the_builder_gives() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    bash = re.findall(r"```bash\n(.*?)```", doc, re.S)
+    isvc = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    snippets = serving_snippets(
+        "support-bot",
+        "s3://models/llama-3.2-1b/",
+        "s3://artifacts/support/",
+        16,
+        storage_endpoint="http://minio.storage:9000",
+        merged=True,
+    )
+    assert bash[0] == f"{snippets.vllm_command}\n"
+    assert isvc[0] == snippets.kserve_inference_service
+    merged = serving_snippets("support-bot", "s3://models/llama-3.2-1b/", "s3://artifacts/support/", 16, merged=True)
+    assert bash[1] == f"{merged.merged_vllm_command}\n"
