@@ -229,10 +229,40 @@ class CheckpointStatus(_Status):
     time: Time | None = Field(default=None, description="When it was completed.")
 
 
+class ServingStatus(_Status):
+    """Ready-to-run serving of the published adapter (docs/serving.md explains each snippet)."""
+
+    vllm_command: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Shell lines: copy the base model and the adapter locally, then `vllm serve <base> "
+        "--enable-lora --max-lora-rank R --lora-modules <name>=<adapter dir>`. Unset when vLLM cannot load it.",
+    )
+    kserve_inference_service: str | None = Field(
+        default=None,
+        max_length=8192,
+        description="A KServe InferenceService (YAML; huggingface runtime, vLLM backend) serving the base "
+        "model with the adapter. Unset when vLLM cannot load the adapter.",
+    )
+    merged_vllm_command: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="With output.mergeAdapter: `vllm serve` of the merged weights, without LoRA.",
+    )
+    vllm_problems: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Why vLLM's LoRA loader would refuse the adapter (e.g. DoRA); empty when it loads.",
+    )
+
+
 class ArtifactsStatus(_Status):
     output_uri: str | None = Field(default=None, description="spec.output.uri.")
     adapter_uri: str | None = Field(default=None, description="The published adapter (PEFT format).")
     manifest_uri: str | None = Field(default=None, description="manifest.json: provenance of the result.")
+    serving: ServingStatus | None = Field(
+        default=None, description="Ready-to-run vLLM and KServe snippets for the adapter (set on success)."
+    )
 
 
 class ModelStatus(_Status):

@@ -25,6 +25,7 @@ from kubetune_api.protocol import (
     RunSummary,
     TrainerPhase,
 )
+from kubetune_api.serving import check_adapter_config, serving_snippets, spec_adapter_config
 from kubetune_api.spec import FineTuneJobSpec
 from kubetune_api.status import (
     ArtifactsStatus,
@@ -41,6 +42,7 @@ from kubetune_api.status import (
     PreflightStatus,
     PreflightWarning,
     ProgressStatus,
+    ServingStatus,
 )
 
 GIB = 2**30
@@ -241,6 +243,34 @@ def merge_checkpoints(known: list[CheckpointStatus], reported: list[CheckpointRe
     return [by_step[step] for step in sorted(by_step)]
 
 
+def serving_status(job: str, spec: FineTuneJobSpec, adapter_uri: str) -> ServingStatus:
+    """The serving snippets for a published adapter, from the accepted spec alone.
+
+    The operator never reads the adapter's files: the rules that the spec decides (DoRA, rank,
+    output-head targets) are checked here; the trainer checks the published files themselves and
+    records the outcome in manifest.json (serving.vllm).
+    """
+    lora = spec.lora
+    config = spec_adapter_config(
+        lora.r, lora.alpha, lora.target_modules, use_dora=lora.use_dora, use_rslora=lora.use_rslora
+    )
+    snippets = serving_snippets(
+        job or "adapter",
+        spec.base_model.uri,
+        adapter_uri,
+        lora.r,
+        storage_endpoint=spec.storage.endpoint,
+        merged=spec.output.merge_adapter,
+        problems=check_adapter_config(config),
+    )
+    return ServingStatus(
+        vllm_command=snippets.vllm_command,
+        kserve_inference_service=snippets.kserve_inference_service,
+        merged_vllm_command=snippets.merged_vllm_command,
+        vllm_problems=[p[:1024] for p in snippets.problems[:8]],
+    )
+
+
 def apply_summary(
     status: FineTuneJobStatus, summary: RunSummary | None, spec: FineTuneJobSpec, max_checkpoints: int
 ) -> None:
@@ -249,6 +279,7 @@ def apply_summary(
         output_uri=spec.output.uri,
         adapter_uri=summary.adapter_uri if summary else None,
         manifest_uri=summary.manifest_uri if summary else None,
+        serving=serving_status(summary.job, spec, summary.adapter_uri) if summary and summary.adapter_uri else None,
     )
     metrics = (status.metrics or MetricsStatus()).model_copy()
     progress = (status.progress or ProgressStatus()).model_copy()

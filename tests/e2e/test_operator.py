@@ -110,6 +110,13 @@ def test_happy_path_validates_trains_and_publishes_artifacts(
     assert {"manifest.json", "adapter_model.safetensors", "adapter_config.json", "metrics.json", "eval.json"} <= outputs
     assert status.artifacts is not None
     assert status.artifacts.manifest_uri == f"s3://{staged['bucket']}/out/happy/manifest.json"
+    # the serving handoff: copy the adapter from the bucket and serve it with vLLM (docs/serving.md)
+    serving = status.artifacts.serving
+    assert serving is not None and serving.vllm_problems == [] and serving.vllm_command is not None
+    assert f"aws s3 sync s3://{staged['bucket']}/out/happy/ ./adapters/happy" in serving.vllm_command
+    assert "--enable-lora --max-lora-rank" in serving.vllm_command and "InferenceService" in (
+        serving.kserve_inference_service or ""
+    )
 
     # one preflight Job and one trainer Job, each owned by the FineTuneJob
     assert kube.jobs("happy") == ["happy-preflight", "happy-train-1"]

@@ -180,6 +180,23 @@ def test_run_publishes_the_adapter_and_manifest(trained: Trained) -> None:
             assert training["attention"] != "kubetune_packed_sdpa", "padded rows: the manifest names plain SDPA"
 
 
+def test_published_adapter_meets_vllm_loader_constraints(trained: Trained) -> None:
+    """The adapter as published passes vLLM's LoRA-loader rules (docs/serving.md), and the manifest says so."""
+    from kubetune_api.serving import VLLM_LORA_MODULES
+    from kubetune_trainer.serving import check_adapter_dir
+
+    check = check_adapter_dir(trained.out, trained.family)
+    assert trained.manifest["serving"]["vllm"] == check.to_manifest()
+    assert check.problems == [], f"{trained.family}: vLLM would refuse the adapter: {check.problems}"
+    assert check.max_lora_rank == 8  # r=4 rounds up to vLLM's --max-lora-rank choice 8
+    if trained.family in VLLM_LORA_MODULES:  # its target module names checked too
+        assert check.compatible is True and check.notes == []
+    else:
+        assert check.compatible is None and "target module names were not checked" in check.notes[0]
+    card = (trained.out / "README.md").read_text()
+    assert "## Serving" in card and "--max-lora-rank 8 --lora-modules" in card
+
+
 def test_reloaded_adapter_gives_the_trained_logits(trained: Trained) -> None:
     from peft import PeftModel
 

@@ -259,3 +259,7 @@ def test_merged_weights_match_the_adapter(tiny_model_dir: Path, numbers_path: Pa
         )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert "merged/model.safetensors" in manifest["artifacts"]
+    # the model card serves merged/ as a plain model, next to the LoRA snippets
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"vllm serve {tmp_path / 'out' / 'merged'} --served-model-name " in card
+    assert "### Merged weights (no LoRA)" in card and "--enable-lora" in card

@@ -88,6 +88,8 @@ def test_cancel_removes_the_children_before_the_status_says_cancelled_and_counts
     assert metrics.registry.get_sample_value("kubetune_finetunejob_phase_transitions_total", transitions) == 1
     assert metrics.registry.get_sample_value("kubetune_finetunejobs", {"phase": "Cancelled"}) == 1
     assert metrics.registry.get_sample_value("kubetune_finetunejob_failures_total", {"reason": "UserCancelled"}) is None
+
+
 def test_a_failed_gate_is_counted_once_by_metric_and_jobs_are_counted_by_verdict() -> None:
     metrics = OperatorMetrics()
     controller = Controller(OperatorSettings(), FailingKube(), metrics)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from kubetune_operator.decide import Decision, Snapshot, decide
 from kubetune_operator.manifests import Owner, labels, preflight_job_name, trainer_job_name
 from kubetune_operator.patching import merge_patch
 from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.status_from_reports import merge_checkpoints
+from kubetune_operator.status_from_reports import merge_checkpoints, serving_status
 from kubetune_operator.views import JobView, PodView, job_view, pod_view, progress_url
 from protocol_samples import FIT, PREFLIGHT, PREFLIGHT_WITH_FIT, QUALITY
 
@@ -592,12 +592,15 @@ def test_success_records_artifacts_metrics_and_completion() -> None:
         }
     )
     done = kpod(phase="Succeeded", exit_code=0, message=summary)
-    plan = decide(snap(raw, accepted(raw), jobs=(kjob(condition=("Complete", "")),), pods=(done,)), SETTINGS)
+    admitted = accepted(raw)
+    plan = decide(snap(raw, admitted, jobs=(kjob(condition=("Complete", "")),), pods=(done,)), SETTINGS)
     assert plan.status.phase == Phase.SUCCEEDED
+    assert admitted.accepted_spec is not None
     assert plan.status.artifacts == ArtifactsStatus(
         output_uri="s3://artifacts/run/",
         adapter_uri="s3://artifacts/run/adapter/",
         manifest_uri="s3://artifacts/run/manifest.json",
+        serving=serving_status("ft", admitted.accepted_spec, "s3://artifacts/run/adapter/"),
     )
     assert plan.status.metrics == MetricsStatus(train_loss=0.5, eval_loss=0.9, baseline_eval_loss=2.5)
     assert plan.status.progress is not None and plan.status.progress.percent == "100%"

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import yaml
 
 from kubetune_api.gate import judge_gate
 from kubetune_api.protocol import (
@@ -39,6 +40,7 @@ from kubetune_operator.status_from_reports import (
     job_phase,
     merge_checkpoints,
     preflight_status,
+    serving_status,
 )
 from protocol_samples import PREFLIGHT, PREFLIGHT_WITH_QUALITY, QUALITY
 
@@ -158,6 +160,7 @@ def test_apply_summary_records_artifacts_losses_and_100_percent() -> None:
         output_uri="s3://artifacts/run/",
         adapter_uri="s3://artifacts/run/adapter/",
         manifest_uri="s3://artifacts/run/manifest.json",
+        serving=serving_status("ft", SPEC, "s3://artifacts/run/adapter/"),
     )
     assert status.metrics == MetricsStatus(
         train_loss=0.5123, eval_loss=0.9123, baseline_eval_loss=2.5123, learning_rate=0.00001
@@ -248,6 +251,8 @@ def test_preflight_status_of_a_report_without_quality_has_none_and_a_long_messag
     )
     out = preflight_status(PREFLIGHT.model_copy(update={"quality": long}), SPEC, gpu_memory_gib=80)
     assert out.warnings is not None and len(out.warnings[0].message) == 1024 and out.warnings[0].code == "SomethingNew"
+
+
 # -- status.evaluation ---------------------------------------------------------------------------
 
 GATED = SPEC.model_copy(
@@ -305,3 +310,52 @@ def test_apply_summary_fills_status_evaluation() -> None:
     apply_summary(status, RunSummary(status=RunStatus.SUCCEEDED, eval=EVALS), GATED, max_checkpoints=10)
     assert status.evaluation is not None and status.evaluation.result == GateOutcome.PASSED
     assert status.to_wire()["evaluation"]["result"] == "Passed"
+
+
+# -- serving_status ------------------------------------------------------------------------------
+
+
+def spec_with(**changes: Any) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate({**SPEC.model_dump(by_alias=True, exclude_none=True), **changes})
+
+
+def test_serving_status_gives_vllm_and_kserve_snippets_for_the_published_adapter() -> None:
+    serving = serving_status("support-bot", SPEC, "s3://artifacts/run/")
+    assert serving.vllm_problems == [] and serving.merged_vllm_command is None
+    assert serving.vllm_command is not None and serving.vllm_command.splitlines() == [
+        "aws s3 sync s3://models/llama/ ./base-model",
+        "aws s3 sync s3://artifacts/run/ ./adapters/support-bot --exclude 'checkpoints/*' --exclude 'merged/*'",
+        "vllm serve ./base-model --enable-lora --max-lora-rank 16 --lora-modules support-bot=./adapters/support-bot",
+    ]
+    isvc = yaml.safe_load(serving.kserve_inference_service or "")
+    assert isvc["metadata"]["name"] == "support-bot"
+    assert [u["uri"] for u in isvc["spec"]["predictor"]["model"]["storageUris"]] == [
+        "s3://models/llama/",
+        "s3://artifacts/run/",
+    ]
+    # the whole serving block stays small next to the status object's other fields
+    assert len(serving.model_dump_json(by_alias=True)) < 2000
+
+
+def test_serving_status_of_a_dora_job_names_the_problem_and_serves_the_merged_weights() -> None:
+    spec = spec_with(lora={"r": 64, "useDora": True}, output={"uri": "s3://artifacts/run/", "mergeAdapter": True})
+    serving = serving_status("ft", spec, "s3://artifacts/run/")
+    assert serving.vllm_command is None and serving.kserve_inference_service is None
+    assert len(serving.vllm_problems) == 1 and serving.vllm_problems[0].startswith("use_dora: vLLM does not load DoRA")
+    assert serving.merged_vllm_command == (
+        "aws s3 sync s3://artifacts/run/merged/ ./models/ft\nvllm serve ./models/ft --served-model-name ft"
+    )
+
+
+def test_serving_status_uses_the_storage_endpoint_and_the_rank() -> None:
+    spec = spec_with(lora={"r": 200}, storage={"endpoint": "http://minio.storage:9000"})
+    serving = serving_status("ft", spec, "s3://artifacts/run/")
+    assert serving.vllm_command is not None
+    assert serving.vllm_command.count("--endpoint-url http://minio.storage:9000") == 2
+    assert "--max-lora-rank 256" in serving.vllm_command
+
+
+def test_apply_summary_gives_no_snippets_without_a_published_adapter() -> None:
+    status = running_status()
+    apply_summary(status, RunSummary(status=RunStatus.SUCCEEDED, step=1, total_steps=1), SPEC, max_checkpoints=10)
+    assert status.artifacts is not None and status.artifacts.serving is None

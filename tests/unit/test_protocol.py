@@ -350,6 +350,8 @@ def test_data_quality_failed_is_a_user_error_never_retried_with_its_own_exit_cod
         "preflight.failOnWarnings is true and the data-quality report has 2 warning(s): TruncatedRows: cut; "
         "DroppedRows: gone"
     )
+
+
 def test_the_gate_verdict_is_the_last_thing_a_trimmed_termination_message_drops() -> None:
     """eval goes before the gate: the operator needs the verdict for EvaluationPassed, and could only judge
     again from eval."""

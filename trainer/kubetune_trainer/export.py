@@ -19,6 +19,7 @@ from kubetune_api.protocol import DataStats, Evaluations, GateResult, ModelRepor
 from kubetune_api.status import rfc3339
 from kubetune_api.trainer_config import TrainerConfig
 from kubetune_trainer.errors import ExportFailed, KubetuneError
+from kubetune_trainer.serving import ServingHandoff, serving_handoff
 from kubetune_trainer.storage import Storage, parse_uri, sha256_file
 
 if TYPE_CHECKING:  # both import torch; the functions here only read their fields
@@ -68,8 +69,26 @@ def existing_result(storage: Storage, config: TrainerConfig) -> RunSummary | Non
     )
 
 
+def check_serving(out: Path, config: TrainerConfig, model_type: str | None) -> ServingHandoff:
+    """The saved adapter checked against vLLM's loader, and the snippets that serve its published copy."""
+    return serving_handoff(
+        out,
+        model_type,
+        job=config.job_name,
+        base_model_uri=config.base_model_uri,
+        adapter_uri=parse_uri(config.output.uri).uri,  # what publish() reports as the adapter's URI
+        storage_endpoint=config.storage.endpoint,
+        merged=config.output.merge_adapter,
+    )
+
+
 def write_reports(
-    out: Path, config: TrainerConfig, state: TrainState, stats: DataStats, evals: dict[str, dict[str, Any]]
+    out: Path,
+    config: TrainerConfig,
+    state: TrainState,
+    stats: DataStats,
+    evals: dict[str, dict[str, Any]],
+    serving: ServingHandoff | None = None,
 ) -> None:
     """metrics.json, eval.json (with the generated examples, the gate's verdict and the error
     analysis), the loss curve and the model card."""
@@ -77,7 +96,9 @@ def write_reports(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "eval.json").write_text(json.dumps(evals, indent=2))
     write_loss_curve(state.loss_history, evals, out / "loss_curve.png")
-    card = model_card(config.job_name, config.base_model_uri, config.dataset.train, config.lora.model_dump(), evals)
+    card = model_card(
+        config.job_name, config.base_model_uri, config.dataset.train, config.lora.model_dump(), evals, serving=serving
+    )
     (out / "README.md").write_text(card)
 
 
@@ -97,6 +118,7 @@ def build_manifest(
     evaluations: Evaluations,
     timings: dict[str, float],
     gate: GateResult | None = None,
+    serving: ServingHandoff | None = None,
 ) -> dict[str, Any]:
     """The provenance record (manifest.json) before `publish` adds the artifacts' hashes."""
     return {
@@ -129,6 +151,7 @@ def build_manifest(
         "gate": gate.model_dump(mode="json", by_alias=False, exclude_none=True) if gate else None,
         "timingsSeconds": {**timings, "trainingTotal": round(state.elapsed_seconds, 3)},
         "libraries": library_versions(),
+        **({"serving": {"vllm": serving.check.to_manifest()}} if serving else {}),
     }
 
 
@@ -159,7 +182,72 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def model_card(job: str, base_model: str, dataset: str, lora: dict[str, Any], evals: dict[str, Any]) -> str:
+def _code(language: str, text: str) -> str:
+    return f"```{language}\n{text.rstrip()}\n```"
+
+
+_S3_COPY = ("vLLM reads local directories, not s3:// URIs: the copy steps come first.", "")
+_LOCAL_URIS = ("KServe cannot fetch file:// URIs: copy the model and adapter to a bucket or a volume first.",)
+
+
+def serving_section(serving: ServingHandoff | None) -> str:
+    """The model card's "Serving" section: the vLLM check's verdict and ready-to-run snippets."""
+    if serving is None:
+        return ""
+    check, snippets = serving.check, serving.snippets
+    parts = ["## Serving", ""]
+    if check.compatible is not False:
+        verdict = "accepts this adapter" if check.compatible else "breaks none of its rules for this adapter"
+        parts.append(
+            f"vLLM's LoRA loader {verdict} (rank {check.rank}: start vLLM with "
+            f"`--max-lora-rank {check.max_lora_rank}`). The rules checked are listed in kubetune's docs/serving.md."
+        )
+    else:
+        parts.append("> **Warning: vLLM cannot serve this adapter as a LoRA.**")
+        parts.extend(f"> - {problem}" for problem in check.problems)
+        parts.append(
+            "> Merge it into the base (`output.mergeAdapter: true`) and serve the merged weights, "
+            "or retrain without the feature named above (for example `lora.useDora: false`)."
+        )
+    parts.extend(f"\nNote: {note}." for note in check.notes)
+    if snippets.vllm_command and snippets.kserve_inference_service:
+        parts += [
+            "",
+            "### vLLM",
+            "",
+            *(_S3_COPY if "aws s3 sync" in snippets.vllm_command else ()),
+            _code("bash", snippets.vllm_command),
+            "",
+            "### KServe",
+            "",
+            "Hugging Face serving runtime (vLLM backend); the storage initializer fetches both URIs "
+            "(`storageUris`), with the S3 credentials of the predictor's service account.",
+            *(_LOCAL_URIS if "file://" in snippets.kserve_inference_service else ()),
+            "",
+            _code("yaml", snippets.kserve_inference_service),
+        ]
+    if snippets.merged_vllm_command and snippets.merged_kserve_inference_service:
+        parts += [
+            "",
+            "### Merged weights (no LoRA)",
+            "",
+            "`merged/` holds the base with this adapter merged in: serve it as a plain model.",
+            "",
+            _code("bash", snippets.merged_vllm_command),
+            "",
+            _code("yaml", snippets.merged_kserve_inference_service),
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def model_card(
+    job: str,
+    base_model: str,
+    dataset: str,
+    lora: dict[str, Any],
+    evals: dict[str, Any],
+    serving: ServingHandoff | None = None,
+) -> str:
     base, tuned = evals.get("baseline") or {}, evals.get("finetuned") or {}
     rows = [
         ("eval loss", _fmt(base.get("loss")), _fmt(tuned.get("loss"))),
@@ -197,6 +285,7 @@ model = PeftModel.from_pretrained(base, "<this folder>")
 tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 ```
 
+{serving_section(serving)}
 Provenance (data and model fingerprints, config, library versions) is in `manifest.json`;
 the loss curve is `loss_curve.png`, metrics per step are in `metrics.json`.
 """

@@ -374,7 +374,8 @@ class LoRAFinetuneRecipe:
             with self._phase(TrainerPhase.EXPORTING):
                 out = self.work_dir / "export"
                 self._save_model(out, session, adapter)
-                export.write_reports(out, cfg, state, session.inputs.data.stats, reports)
+                serving = export.check_serving(out, cfg, session.model_report.model_type)
+                export.write_reports(out, cfg, state, session.inputs.data.stats, reports, serving=serving)
                 manifest = export.build_manifest(
                     cfg,
                     state=state,
@@ -390,6 +391,7 @@ class LoRAFinetuneRecipe:
                     evaluations=evaluations,
                     timings=self.timings,
                     gate=gate,
+                    serving=serving,
                 )
                 published = export.publish(self.storage, out, cfg.output.uri, manifest)
             summary.adapter_uri, summary.manifest_uri = published.adapter_uri, published.manifest_uri
