@@ -3,6 +3,8 @@
 `podman run` is refused on these machines (rlimits), so the images' commands run under
 `buildah run --isolation chroot --user 65532:65532`, which shares the host's network:
 - the operator image's entrypoint and command drive the happy path against the emulated API;
+- the same image runs `kubetune-api` as the chart does (args `[kubetune-api]`, tokens and config
+  mounted read-only), reaching the emulated API and S3 from inside the image;
 - the trainer image (its CPU variant) trains a small job against the S3 server of the tests.
 
 Without the images these tests skip, unless KUBETUNE_REQUIRE_IMAGES=1 (`make test` sets it after
@@ -14,17 +16,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from operator_env import Kube, finetunejob, operator_process, stage_tiny_job
 
 from conftest import FAKE_CREDENTIALS, trainer_config
 from harness import Cluster
-from harness.operator_process import OperatorProcess
+from harness.finetunejob import NAMESPACE
+from harness.operator_process import OperatorProcess, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.images]
 pytest_plugins = ["operator_fixtures"]  # cluster, kube
@@ -139,6 +144,74 @@ def test_the_operator_image_runs_the_happy_path_as_65532_with_only_tmp_writable(
         assert kube.jobs("imaged") == ["imaged-preflight", "imaged-train-1"]
     finally:
         operator.stop()
+
+
+@pytest.mark.parametrize("container", [OPERATOR_IMAGE], indirect=True)
+def test_the_operator_image_serves_the_openai_api_as_the_chart_runs_it(
+    container: str, kube_api: Any, s3_endpoint: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """charts/kubetune/templates/api-deployment.yaml: the image's entrypoint, args [kubetune-api],
+    the tokens Secret and the config ConfigMap mounted read-only as folders, the server's S3 identity
+    in the environment. What only the image can show: the console script is there, and the
+    kubernetes client, boto3 and the trainer's row parser work in it without torch."""
+    bucket, token = "kt-image-api", "sk-image-test-0123456789"
+    stage_tiny_job(s3_endpoint, tiny_model_dir, bucket)  # creates the bucket
+    tokens, settings = tmp_path / "tokens", tmp_path / "config"
+    tokens.mkdir()
+    settings.mkdir()
+    (tokens / "tokens.json").write_text(json.dumps({token: NAMESPACE}))
+    storage = {"endpoint": s3_endpoint, "region": "us-east-1", "addressingStyle": "path"}
+    tenant = {"filesUri": f"s3://{bucket}/files/", "outputUri": f"s3://{bucket}/jobs/", "storage": storage}
+    config = {"catalog": {"tiny": f"s3://{bucket}/models/tiny/"}, "tenants": {NAMESPACE: tenant}}
+    (settings / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    port = free_port()
+    env = {
+        "KUBETUNE_API_HOST": "127.0.0.1",
+        "KUBETUNE_API_PORT": str(port),
+        "KUBECONFIG": "/tmp/kubeconfig",
+        **{key: value for key, value in FAKE_CREDENTIALS.items() if key.startswith("AWS_")},
+    }
+    volumes = {
+        str(kube_api.kubeconfig): "/tmp/kubeconfig:ro",
+        str(tokens): "/etc/kubetune-api/tokens:ro",
+        str(settings): "/etc/kubetune-api/config:ro",
+    }
+    image = config_of(OPERATOR_IMAGE)
+    argv = run_argv(container, {**image, "Cmd": ["kubetune-api"]}, env, volumes)
+    log_path = tmp_path / "kubetune-api.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+
+        def alive() -> None:
+            if server.poll() is not None:
+                raise AssertionError(f"kubetune-api exited:\n{log_path.read_text(errors='replace')[-3000:]}")
+
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0, timeout=30)
+
+        def answers() -> bool:
+            try:
+                api.files.list()
+            except openai.APIConnectionError:
+                return False
+            return True
+
+        wait_for(answers, 120, "kubetune-api in the operator image to answer", alive)
+        assert process_uid("kubetune-api") == {65532}
+        uploaded = api.files.create(
+            file=("rows.jsonl", b'{"prompt": "one =>", "completion": " 1"}\n'), purpose="fine-tune"
+        )
+        assert api.files.retrieve(uploaded.id).bytes == uploaded.bytes > 0
+        assert [job.id for job in api.fine_tuning.jobs.list()] == []  # the kubernetes client, from inside
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-wrong", max_retries=0).files.list()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 @pytest.mark.parametrize("container", [TRAINER_IMAGE], indirect=True)
