@@ -173,8 +173,12 @@ def test_evaluation_gate_one_job_passes_one_fails_and_both_publish(
         )
         assert evaluation.eval_loss == evaluation.value and evaluation.baseline_eval_loss == evaluation.baseline
 
-    assert ("Normal", "EvaluationPassed") in kube.events("gate-pass")
-    assert ("Warning", "EvaluationGateFailed") in kube.events("gate-fail")
+    # Events are posted in the background after the status write: wait for them rather than race it.
+    for name, event in (
+        ("gate-pass", ("Normal", "EvaluationPassed")),
+        ("gate-fail", ("Warning", "EvaluationGateFailed")),
+    ):
+        wait_for(lambda: event in kube.events(name), 60, f"{name}'s {event[1]} Event", operator.check_alive)  # noqa: B023
     assert ("Warning", "EvaluationGateFailed") not in kube.events("gate-pass")
 
     manifest = json.loads(s3.get_object(Bucket=staged["bucket"], Key="out/gate-fail/manifest.json")["Body"].read())
@@ -516,7 +520,14 @@ def test_fail_on_warnings_fails_bad_data_before_any_gpu_job_with_a_warning_event
     assert preflight is not None and preflight.quality is not None and preflight.quality.leaked_validation_rows == 3
     codes = [w.code for w in preflight.warnings or []]
     assert codes[:2] == ["TruncatedRows", "DroppedRows"] and len(codes) == 8
-    events = kube.events("bad-quality")
+
+    # Events are posted after the status write that says Failed (kopf posts them in the background), so
+    # a loaded machine can show the phase before all nine Events: wait for them, then count exactly.
+    def all_posted() -> list[tuple[str, str]] | None:
+        events = kube.events("bad-quality")
+        return events if ("Warning", "DataQualityFailed") in events and len(events) >= 10 else None
+
+    events = wait_for(all_posted, 60, "the data-quality Events", operator.check_alive)
     assert events.count(("Warning", "DataQualityWarning")) == 8
     assert ("Warning", "DataQualityFailed") in events
 
